@@ -1,0 +1,13 @@
+/** A key path into routes.yaml, e.g. ['upstreams', 'twilio', 'limits', 1, 'rate']. */
+export type ConfigPath = readonly (string | number)[];
+
+/** ['upstreams', 'twilio', 'limits', 1, 'rate'] to "upstreams.twilio.limits[1].rate". */
+export function formatPath(path: ConfigPath): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out === '' ? part : `.${part}`;
+  }
+  return out || '(top level)';
+}
+

@@ -1,0 +1,217 @@
+/**
+ * The schema of routes.yaml (the keys of ../shared/design/routes.reference.yaml, extended where a
+ * feature needs it; every key is documented in the README). Unknown keys are errors, and the
+ * textual units (durations, rates, sizes, addresses) become numbers here, once.
+ */
+import { z } from 'zod';
+import { DURATION_HINT, RATE_HINT, SIZE_HINT, parseDuration, parseRate, parseSize, type Rate } from './units.js';
+
+function unit<T>(parse: (v: string) => T | undefined, what: string, hint: string) {
+  return z.union([z.string(), z.number()]).transform((value, ctx): T => {
+    const parsed = parse(String(value));
+    if (parsed === undefined) {
+      ctx.addIssue({ code: 'custom', message: `${JSON.stringify(value)} is not ${what}; ${hint}` });
+      return z.NEVER;
+    }
+    return parsed;
+  });
+}
+
+const duration = unit((v) => parseDuration(v), 'a duration', DURATION_HINT);
+const size = unit((v) => parseSize(v), 'a size', SIZE_HINT);
+const rate = unit<Rate>(parseRate, 'a rate', RATE_HINT);
+const quota = unit<Rate>(
+  (v) => {
+    const r = parseRate(v);
+    return r && (r.periodMs === 3_600_000 || r.periodMs === 86_400_000) ? r : undefined;
+  },
+  'a quota',
+  'use N/h or N/day (calendar hours and days, UTC)',
+);
+
+export interface Address {
+  host: string;
+  port: number;
+}
+
+/** "0.0.0.0:8080", "[::1]:9090", "localhost:0". */
+export function parseAddress(text: string): Address | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s[\]]+)):(\d{1,5})$/.exec(text.trim());
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65_535) return undefined;
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+const address = unit(parseAddress, 'an address', 'use HOST:PORT, like "127.0.0.1:8080" or "[::1]:8080"');
+
+/** A secret: may be empty when its environment variable is unset (the loader decides what that means). */
+const secret = z.string();
+
+const targetUrl = z.string().transform((value, ctx) => {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(value)} is not a URL; use http(s)://host[:port][/base/path]` });
+    return z.NEVER;
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(value)} must be an http:// or https:// URL` });
+    return z.NEVER;
+  }
+  if (url.search || url.hash || url.username || url.password) {
+    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(value)} must not carry a query, fragment or credentials` });
+    return z.NEVER;
+  }
+  return url;
+});
+
+const hostPattern = z
+  .string()
+  .regex(/^(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?$/, 'is not a host name; use "api.example.com" or "*.example.com"')
+  .transform((h) => h.toLowerCase());
+
+const prefix = z
+  .string()
+  .regex(/^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*[^/]$/, 'must start with "/" and not end with "/", like "/twilio"');
+
+const methodList = z
+  .union([z.string(), z.array(z.string())])
+  .transform((m) => (Array.isArray(m) ? m : [m]).map((x) => x.toUpperCase()));
+
+const ruleMatch = z.strictObject({ method: methodList.optional(), path: z.string().startsWith('/').optional() });
+
+const limitRule = z
+  .strictObject({
+    name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be letters, digits, "_", "." or "-"'),
+    match: ruleMatch.optional(),
+    rate: rate.optional(),
+    burst: z.number().int().positive().optional(),
+    concurrency: z.number().int().positive().optional(),
+    quota: quota.optional(),
+    per: z.enum(['upstream', 'credential', 'tenant']).default('upstream'),
+    share: z.enum(['fair']).optional(),
+    reserve: z.record(z.string(), rate).optional(),
+    mode: z.enum(['enforce', 'shadow']).optional(),
+  })
+  .superRefine((rule, ctx) => {
+    const kinds = (['rate', 'concurrency', 'quota'] as const).filter((k) => rule[k] !== undefined);
+    if (kinds.length !== 1) {
+      ctx.addIssue({ code: 'custom', message: 'needs exactly one of rate, concurrency or quota' });
+    }
+    if (rule.burst !== undefined && rule.rate === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['burst'], message: 'goes with rate' });
+    }
+  });
+
+const basicCredentials = z.strictObject({ type: z.literal('basic'), username: secret, password: secret });
+const headerCredentials = z.strictObject({
+  type: z.literal('header'),
+  header: z.string().min(1),
+  value: secret,
+  format: z.string().includes('{token}').optional(),
+});
+const poolCredentials = z.strictObject({
+  type: z.literal('pool'),
+  header: z.string().min(1),
+  tokens: z.array(secret).min(1),
+  format: z.string().includes('{token}').optional(),
+  cooldown: duration.optional(),
+});
+const oauth2Credentials = z.strictObject({
+  type: z.literal('oauth2'),
+  grant: z.enum(['refresh_token', 'client_credentials']),
+  tokenUrl: z.url({ protocol: /^https?$/ }),
+  clientId: z.string(),
+  clientSecret: secret,
+  refreshToken: secret.optional(),
+  scope: z.string().optional(),
+  header: z.string().min(1).default('Authorization'),
+  format: z.string().includes('{token}').default('Bearer {token}'),
+  refreshBefore: duration.default(300_000),
+  refreshLimit: z.strictObject({ every: duration.optional(), max: z.number().int().positive(), per: duration }).optional(),
+});
+
+const credentials = z.discriminatedUnion('type', [basicCredentials, headerCredentials, poolCredentials, oauth2Credentials]);
+
+const upstream = z
+  .strictObject({
+    match: z
+      .strictObject({ hosts: z.array(hostPattern).default([]), prefix: prefix.optional() })
+      .refine((m) => m.hosts.length > 0 || m.prefix !== undefined, 'needs hosts, a prefix, or both'),
+    target: targetUrl,
+    intercept: z.boolean().default(true),
+    credentials: credentials.optional(),
+    limits: z.array(limitRule).default([]),
+    onLimit: z
+      .union([z.literal('reject'), z.strictObject({ queue: duration, maxQueue: z.number().int().positive().optional() })])
+      .default('reject'),
+    breaker: z
+      .strictObject({
+        failures: z.number().int().positive().optional(),
+        ratio: z.number().gt(0).lte(1).optional(),
+        window: duration.optional(),
+        cooldown: duration.optional(),
+        probes: z.number().int().positive().optional(),
+      })
+      .optional(),
+    retry: z
+      .strictObject({
+        on: z.array(z.number().int().min(100).max(599)).default([]),
+        attempts: z.number().int().min(0).default(0),
+        methods: methodList.optional(),
+        unprocessed: z.array(z.number().int().min(100).max(599)).optional(),
+        idempotencyKey: z.enum(['generate']).optional(),
+      })
+      .optional(),
+    timeouts: z
+      .strictObject({
+        connect: duration.default(5_000),
+        headers: duration.default(30_000),
+        bodyIdle: duration.default(30_000),
+      })
+      .prefault({}),
+    connections: z.number().int().positive().default(128),
+    maxBodySize: size.optional(),
+    mode: z.enum(['enforce', 'shadow']).optional(),
+  });
+
+const tenant = z.strictObject({ key: secret, weight: z.number().positive().default(1) });
+
+export const configSchema = z.strictObject({
+  listen: z
+    .strictObject({
+      proxy: address.default({ host: '127.0.0.1', port: 8080 }),
+      admin: address.default({ host: '127.0.0.1', port: 9090 }),
+      adminToken: secret.optional(),
+      maxHeaderSize: size.default(16 * 1024),
+      maxBodySize: size.default(32 * 1024 * 1024),
+      headersTimeout: duration.default(10_000),
+      requestTimeout: duration.default(300_000),
+      keepAliveTimeout: duration.default(5_000),
+      drainTimeout: duration.default(30_000),
+    })
+    .prefault({}),
+  store: z
+    .strictObject({
+      type: z.enum(['memory', 'redis']).default('memory'),
+      url: z.string().optional(),
+      onError: z.enum(['local', 'deny', 'allow']).default('local'),
+    })
+    .prefault({}),
+  tls: z
+    .strictObject({ caDir: z.string().default('./.sluice/ca'), caCert: z.string().optional(), caKey: z.string().optional() })
+    .prefault({}),
+  log: z
+    .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+    .prefault({}),
+  tenants: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be letters, digits, "_", "." or "-"'), tenant).optional(),
+  upstreams: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be letters, digits, "_", "." or "-"'), upstream),
+});
+
+export type Config = z.output<typeof configSchema>;
+export type UpstreamConfig = Config['upstreams'][string];
+export type CredentialsConfig = NonNullable<UpstreamConfig['credentials']>;
+export type TenantConfig = NonNullable<Config['tenants']>[string];
+export type LimitRuleConfig = UpstreamConfig['limits'][number];

@@ -1,0 +1,75 @@
+/**
+ * The credential an upstream request carries, added by the gateway so that clients never hold it.
+ * Values are computed once per config (a Basic header is encoded here, not per request).
+ */
+import type { CredentialsConfig } from '../config/schema.js';
+import { GatewayError } from '../errors.js';
+
+export interface Credential {
+  /** Lower-case header name; a client's own header of that name is dropped, never forwarded alongside. */
+  header: string;
+  value: string;
+}
+
+export interface CredentialProvider {
+  readonly header: string;
+  /** The credential for one request; throws a GatewayError when none can be had. */
+  next(): Credential;
+}
+
+function fixed(header: string, value: string): CredentialProvider {
+  const credential = { header: header.toLowerCase(), value };
+  return { header: credential.header, next: () => credential };
+}
+
+function formatted(format: string | undefined, token: string): string {
+  return format === undefined ? token : format.replaceAll('{token}', token);
+}
+
+/** Until per-credential limits arrive, a pool hands out its tokens in turn. */
+function roundRobin(header: string, values: string[]): CredentialProvider {
+  const credentials = values.map((value) => ({ header: header.toLowerCase(), value }));
+  let turn = 0;
+  return {
+    header: header.toLowerCase(),
+    next: () => credentials[turn++ % credentials.length]!,
+  };
+}
+
+export function credentialProvider(upstream: string, config: CredentialsConfig | undefined): CredentialProvider | undefined {
+  switch (config?.type) {
+    case undefined:
+      return undefined;
+    case 'basic':
+      return fixed('authorization', `Basic ${Buffer.from(`${config.username}:${config.password}`).toString('base64')}`);
+    case 'header':
+      return fixed(config.header, formatted(config.format, config.value));
+    case 'pool':
+      return roundRobin(config.header, config.tokens.map((t) => formatted(config.format, t)));
+    case 'oauth2':
+      return {
+        header: config.header.toLowerCase(),
+        next: () => {
+          throw new GatewayError('credentials_unavailable', 'OAuth2 token refresh is not available in this version of the gateway', {
+            upstream,
+          });
+        },
+      };
+  }
+}
+
+/** Every secret value in a credentials block, for log redaction. */
+export function credentialSecrets(config: CredentialsConfig | undefined): string[] {
+  switch (config?.type) {
+    case undefined:
+      return [];
+    case 'basic':
+      return [config.password, config.username, Buffer.from(`${config.username}:${config.password}`).toString('base64')];
+    case 'header':
+      return [config.value];
+    case 'pool':
+      return config.tokens;
+    case 'oauth2':
+      return [config.clientSecret, config.refreshToken ?? ''];
+  }
+}

@@ -1,0 +1,46 @@
+/** The one place a refusal becomes an HTTP response: status, headers, and the JSON error body. */
+import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { errorBody, GatewayError } from '../errors.js';
+
+export function respondWithError(res: ServerResponse, err: GatewayError, extraHeaders?: Record<string, string>): void {
+  if (res.headersSent) {
+    // Bytes already went to the client: the only honest signal left is a cut connection.
+    res.destroy(err);
+    return;
+  }
+  const body = JSON.stringify(errorBody(err));
+  const headers: Record<string, string | number> = {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+    ...err.headers,
+    ...extraHeaders,
+  };
+  if (err.retryAfterMs !== undefined) headers['retry-after'] = Math.max(1, Math.ceil(err.retryAfterMs / 1000));
+  res.writeHead(err.status, headers);
+  res.end(body);
+}
+
+/** An unknown throw becomes a 500 without its message (it could hold anything). */
+export function asGatewayError(err: unknown): GatewayError {
+  return err instanceof GatewayError ? err : new GatewayError('internal_error', 'the gateway failed to handle the request', { cause: err });
+}
+
+/**
+ * For the moments Node gives us a bare socket instead of a response (a request it could not
+ * parse, CONNECT, Upgrade): the same JSON error, written as a whole HTTP/1.1 response, then close.
+ */
+export function respondOnSocket(socket: Duplex, err: GatewayError): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const body = JSON.stringify(errorBody(err));
+  const extra = Object.entries(err.headers ?? {}).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+  socket.end(
+    `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? ''}\r\n` +
+      'content-type: application/json; charset=utf-8\r\n' +
+      `content-length: ${Buffer.byteLength(body)}\r\n${extra}connection: close\r\n\r\n${body}`,
+  );
+}

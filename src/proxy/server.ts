@@ -1,0 +1,59 @@
+/**
+ * The client-facing listener: Node's HTTP server with the limits of `listen:` (header size,
+ * header and request timeouts), requests handed to the pipeline, and everything Node cannot hand
+ * over as a request — unparseable input, oversized headers, slow clients, CONNECT, Upgrade —
+ * answered with the same JSON errors instead of a silently dropped socket.
+ */
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Config } from '../config/schema.js';
+import { GatewayError } from '../errors.js';
+import { handleRequest, type PipelineContext } from './pipeline.js';
+import { respondOnSocket } from './respond.js';
+
+export interface ProxyContext extends PipelineContext {
+  /** True once shutdown began: responses ask clients to close their connections. */
+  readonly draining: boolean;
+}
+
+export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): Server {
+  const server = createServer(
+    {
+      maxHeaderSize: listen.maxHeaderSize,
+      headersTimeout: listen.headersTimeout,
+      requestTimeout: listen.requestTimeout,
+      keepAliveTimeout: listen.keepAliveTimeout,
+      // Node checks the timeouts above on this interval; keep it fine-grained enough for short ones.
+      connectionsCheckingInterval: Math.min(1_000, Math.max(100, listen.headersTimeout / 4)),
+    },
+    (req, res) => {
+      if (ctx.draining) res.setHeader('connection', 'close');
+      handleRequest(ctx, req, res).catch((err: unknown) => {
+        ctx.logger.error({ err }, 'request handler failed');
+        if (!res.headersSent) res.writeHead(500).end();
+        else res.destroy();
+      });
+    },
+  );
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    respondOnSocket(socket, clientErrorFor(err));
+  });
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+    respondOnSocket(socket, new GatewayError('not_implemented', 'CONNECT tunnels (HTTPS_PROXY) are not served yet'));
+  });
+  server.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
+    respondOnSocket(socket, new GatewayError('not_implemented', 'Upgrade (WebSocket) requests are not served yet'));
+  });
+  return server;
+}
+
+function clientErrorFor(err: NodeJS.ErrnoException): GatewayError {
+  switch (err.code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return new GatewayError('headers_too_large', 'the request header section is too large');
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return new GatewayError('request_timeout', 'the request was not received in time');
+    default:
+      return new GatewayError('bad_request', 'the request could not be parsed as HTTP/1.1');
+  }
+}
