@@ -32,7 +32,8 @@ interface RequestRecord {
   tenant?: string;
   upstream?: string;
   error?: string;
-  upstreamMs?: number;
+  /** When the request was sent upstream; upstream time runs from here to the end of the response. */
+  sentAt?: number;
 }
 
 export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -55,29 +56,25 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     const credential = authorize(upstream);
     const body = requestBody(req, upstream.maxBodySize, upstream.name);
 
-    const sentAt = performance.now();
-    try {
-      await forward(
-        {
-          upstream: upstream.name,
-          dispatcher: upstream.dispatcher,
-          method: record.method,
-          path,
-          headers: upstreamRequestHeaders(req.rawHeaders, req.headers, {
-            host: upstream.hostHeader,
-            clientIp: req.socket.remoteAddress,
-            credential,
-          }),
-          body,
-          headersTimeoutMs: upstream.headersTimeoutMs,
-          bodyTimeoutMs: upstream.bodyIdleTimeoutMs,
-          signal: aborter.signal,
-        },
-        res,
-      );
-    } finally {
-      record.upstreamMs = performance.now() - sentAt;
-    }
+    record.sentAt = performance.now();
+    await forward(
+      {
+        upstream: upstream.name,
+        dispatcher: upstream.dispatcher,
+        method: record.method,
+        path,
+        headers: upstreamRequestHeaders(req.rawHeaders, req.headers, {
+          host: upstream.hostHeader,
+          clientIp: req.socket.remoteAddress,
+          credential,
+        }),
+        body,
+        headersTimeoutMs: upstream.headersTimeoutMs,
+        bodyTimeoutMs: upstream.bodyIdleTimeoutMs,
+        signal: aborter.signal,
+      },
+      res,
+    );
   } catch (err) {
     if (aborter.signal.aborted) return; // the client left; nobody to answer
     const failure = asGatewayError(err);
@@ -97,8 +94,8 @@ function authorize(upstream: UpstreamProfile): Credential | undefined {
 }
 
 function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, startedAt: number): void {
-  const totalMs = performance.now() - startedAt;
-  const upstreamMs = record.upstreamMs;
+  const now = performance.now();
+  const upstreamMs = record.sentAt === undefined ? undefined : now - record.sentAt;
   logger.info(
     {
       tenant: record.tenant,
@@ -109,7 +106,7 @@ function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, 
       status: res.writableFinished ? res.statusCode : 499,
       error: record.error,
       upstreamMs: upstreamMs === undefined ? undefined : round(upstreamMs),
-      gatewayMs: round(totalMs - (upstreamMs ?? 0)),
+      gatewayMs: round(now - startedAt - (upstreamMs ?? 0)),
     },
     'request',
   );

@@ -1,0 +1,75 @@
+/** Starts a gateway in-process on ephemeral ports, with its config in a temp file and its log captured. */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Gateway } from '../../src/main.js';
+
+export interface TestGateway {
+  gateway: Gateway;
+  /** http://127.0.0.1:PORT of the proxy listener. */
+  proxyUrl: string;
+  /** Port of the proxy listener. */
+  port: number;
+  adminUrl: string;
+  configPath: string;
+  /** Every log line, parsed. */
+  logs: Record<string, unknown>[];
+  /** Every log line as written (to search for leaked secrets). */
+  rawLogs: string[];
+  close(): Promise<void>;
+}
+
+export function writeConfig(yaml: string, dir = mkdtempSync(join(tmpdir(), 'sluice-test-'))): string {
+  const path = join(dir, 'routes.yaml');
+  writeFileSync(path, yaml);
+  return path;
+}
+
+export async function startGateway(
+  yaml: string,
+  options: { env?: NodeJS.ProcessEnv; watch?: boolean } = {},
+): Promise<TestGateway> {
+  const configPath = writeConfig(yaml);
+  const rawLogs: string[] = [];
+  const logs: Record<string, unknown>[] = [];
+  const gateway = await Gateway.start({
+    configPath,
+    env: options.env ?? {},
+    watch: options.watch ?? false,
+    logDestination: {
+      write(line: string) {
+        rawLogs.push(line);
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      },
+    },
+  });
+  return {
+    gateway,
+    proxyUrl: `http://127.0.0.1:${gateway.proxyAddress.port}`,
+    port: gateway.proxyAddress.port,
+    adminUrl: `http://127.0.0.1:${gateway.adminAddress.port}`,
+    configPath,
+    logs,
+    rawLogs,
+    close: () => gateway.shutdown(),
+  };
+}
+
+/** Basic credentials for Proxy-Authorization. */
+export function proxyAuth(tenant: string, key: string): string {
+  return `Basic ${Buffer.from(`${tenant}:${key}`).toString('base64')}`;
+}
+
+/** A config for tests: listeners on ephemeral loopback ports, two tenants, the given upstreams. */
+export function testConfig(upstreams: string, extra = ''): string {
+  return `listen:
+  proxy: 127.0.0.1:0
+  admin: 127.0.0.1:0
+  drainTimeout: 5s
+tenants:
+  acme: { key: acme-secret-key-1 }
+  globex: { key: globex-secret-key-2, weight: 2 }
+${extra}
+upstreams:
+${upstreams}`;
+}
