@@ -11,11 +11,13 @@ import { Gateway } from './main.js';
 const USAGE = `Usage: sluice <command> [options]
 
 Commands:
-  start [--config FILE]   run the gateway (default config: $SLUICE_CONFIG or ./routes.yaml)
+  start [--config FILE]   run the gateway (default config: $SLUICE_CONFIG or ./routes.yaml);
+                          it reloads the file when it changes, and on SIGHUP
   check [FILE]            validate a config file; exits 1 when it has errors
 
 Options:
   -c, --config FILE       the routes.yaml to use
+      --no-watch          reload only on SIGHUP, not on file changes
   -h, --help              this text
   -v, --version           the version`;
 
@@ -41,10 +43,10 @@ async function check(file: string): Promise<number> {
   }
 }
 
-async function start(file: string): Promise<void> {
+async function start(file: string, watch: boolean): Promise<void> {
   let gateway: Gateway;
   try {
-    gateway = await Gateway.start({ configPath: file });
+    gateway = await Gateway.start({ configPath: file, watch });
   } catch (err) {
     if (err instanceof ConfigError) {
       for (const problem of err.problems) console.error(problem);
@@ -87,6 +89,7 @@ async function main(argv: string[]): Promise<number | undefined> {
       config: { type: 'string', short: 'c' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'v' },
+      'no-watch': { type: 'boolean' },
     },
   });
   if (values.version) {
@@ -101,7 +104,7 @@ async function main(argv: string[]): Promise<number | undefined> {
   }
   switch (command) {
     case 'start':
-      await start(file);
+      await start(file, !values['no-watch']);
       return undefined;
     case 'check':
       return check(file);

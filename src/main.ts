@@ -72,7 +72,7 @@ export class Gateway implements ProxyContext {
       gateway.watcher = watchConfig(
         options.configPath,
         () => void gateway.reload(),
-        (err) => gateway.logger.warn({ err: err.message }, 'cannot watch the config file; reload with SIGHUP or POST /reload'),
+        (err) => gateway.logger.warn({ err: err.message }, 'cannot watch the config file; reload with SIGHUP'),
       );
     }
     gateway.logger.info(

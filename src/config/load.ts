@@ -51,7 +51,7 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   const doc = parseDocument(held.text, { lineCounter: lines, prettyErrors: false });
   if (doc.errors.length > 0) {
     throw new ConfigError(
-      doc.errors.map((e) => `${source}:${e.linePos?.[0].line ?? '?'} YAML syntax: ${e.message.split('\n')[0]}`),
+      doc.errors.map((e) => `${source}:${lines.linePos(e.pos[0]).line} YAML syntax: ${e.message.split(' at line')[0]}`),
     );
   }
   const missing = resolvePlaceholders(doc, held);
@@ -79,7 +79,11 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
 
   const parsed = configSchema.safeParse(doc.toJS() ?? {}, { reportInput: true });
   if (!parsed.success) {
-    for (const issue of parsed.error.issues) problems.push(...describeIssue(issue, at));
+    // An unset variable was reported already; the empty value it left is no second problem.
+    const reported = new Set(missing.map((m) => formatPath(m.path)));
+    for (const issue of parsed.error.issues) {
+      if (!reported.has(formatPath(issue.path as ConfigPath))) problems.push(...describeIssue(issue, at));
+    }
   } else {
     problems.push(...crossChecks(parsed.data, at));
   }
@@ -115,10 +119,24 @@ function describeIssue(issue: z.core.$ZodIssue, at: At): string[] {
         const value = (issue.input as Record<string, unknown> | undefined)?.[issue.discriminator];
         return [at(path, `${JSON.stringify(value)} is not one of ${options.map((o) => JSON.stringify(o)).join(', ')}`)];
       }
-      return [at(path, issue.errors.flat().map((e) => e.message).join(', or ') || issue.message)];
+      return describeUnion(issue.errors, path, at);
     default:
       return [at(path, issue.message)];
   }
+}
+
+/**
+ * A value that fits none of a union's shapes: report against the shape it got furthest into
+ * (`onLimit: { queue: 2 seconds }` is a bad queue duration, not "not reject"); when it fits no
+ * shape at all, say what the shapes were.
+ */
+function describeUnion(branches: z.core.$ZodIssue[][], path: (string | number)[], at: At): string[] {
+  const depth = (issues: z.core.$ZodIssue[]) => Math.max(...issues.map((i) => i.path.length));
+  const deepest = branches.reduce((best, b) => (depth(b) > depth(best) ? b : best), branches[0] ?? []);
+  if (deepest.length > 0 && depth(deepest) > 0) {
+    return deepest.flatMap((i) => describeIssue({ ...i, path: [...path, ...i.path] } as z.core.$ZodIssue, at));
+  }
+  return [at(path, branches.flat().map((i) => i.message.replace(/^Invalid input: /, '')).join(', or '))];
 }
 
 function crossChecks(config: Config, at: At): string[] {

@@ -17,9 +17,9 @@ export interface GatewayProcess {
   memory(): { rssBytes: number; peakBytes: number };
 }
 
-export async function spawnGateway(yaml: string, env: NodeJS.ProcessEnv = {}): Promise<GatewayProcess> {
+export async function spawnGateway(yaml: string, env: NodeJS.ProcessEnv = {}, args: string[] = []): Promise<GatewayProcess> {
   const configPath = writeConfig(yaml);
-  const child = spawn(process.execPath, ['dist/cli.js', 'start', '--config', configPath], {
+  const child = spawn(process.execPath, ['dist/cli.js', 'start', '--config', configPath, ...args], {
     env: { PATH: process.env.PATH, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
