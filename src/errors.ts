@@ -16,7 +16,6 @@ export const ERRORS = {
   credentials_unavailable: { status: 503, doc: 'The upstream credential cannot be had right now (e.g. no valid OAuth2 token).' },
   upstream_unreachable: { status: 502, doc: 'The upstream refused or dropped the connection, or sent an invalid response.' },
   upstream_timeout: { status: 504, doc: 'The upstream did not connect, answer or send its body within the configured timeouts.' },
-  shutting_down: { status: 503, doc: 'The gateway is draining before it stops; retry on another instance.' },
   internal_error: { status: 500, doc: 'An unexpected fault in the gateway; the log line has the details.' },
 } as const satisfies Record<string, { status: number; doc: string }>;
 

@@ -89,6 +89,15 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   }
   if (problems.length > 0 || !parsed.success) throw new ConfigError(problems.sort(byLine));
 
+  for (const [name, up] of Object.entries(parsed.data.upstreams)) {
+    const pending: string[] = [
+      ...['limits', 'breaker', 'retry'].filter((key) => doc.hasIn(['upstreams', name, key])),
+      ...(typeof up.onLimit === 'object' ? ['onLimit.queue'] : []),
+    ];
+    if (pending.length > 0) {
+      warnings.push(at(['upstreams', name], `${pending.join(', ')}: validated, but not enforced by this version of the gateway`));
+    }
+  }
   return {
     config: parsed.data,
     source,

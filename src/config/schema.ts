@@ -93,7 +93,6 @@ const limitRule = z
     per: z.enum(['upstream', 'credential', 'tenant']).default('upstream'),
     share: z.enum(['fair']).optional(),
     reserve: z.record(z.string(), rate).optional(),
-    mode: z.enum(['enforce', 'shadow']).optional(),
   })
   .superRefine((rule, ctx) => {
     const kinds = (['rate', 'concurrency', 'quota'] as const).filter((k) => rule[k] !== undefined);
@@ -117,7 +116,6 @@ const poolCredentials = z.strictObject({
   header: z.string().min(1),
   tokens: z.array(secret).min(1),
   format: z.string().includes('{token}').optional(),
-  cooldown: duration.optional(),
 });
 const oauth2Credentials = z.strictObject({
   type: z.literal('oauth2'),
@@ -145,15 +143,13 @@ const upstream = z
     credentials: credentials.optional(),
     limits: z.array(limitRule).default([]),
     onLimit: z
-      .union([z.literal('reject'), z.strictObject({ queue: duration, maxQueue: z.number().int().positive().optional() })])
+      .union([z.literal('reject'), z.strictObject({ queue: duration })])
       .default('reject'),
     breaker: z
       .strictObject({
         failures: z.number().int().positive().optional(),
-        ratio: z.number().gt(0).lte(1).optional(),
         window: duration.optional(),
         cooldown: duration.optional(),
-        probes: z.number().int().positive().optional(),
       })
       .optional(),
     retry: z
@@ -161,8 +157,6 @@ const upstream = z
         on: z.array(z.number().int().min(100).max(599)).default([]),
         attempts: z.number().int().min(0).default(0),
         methods: methodList.optional(),
-        unprocessed: z.array(z.number().int().min(100).max(599)).optional(),
-        idempotencyKey: z.enum(['generate']).optional(),
       })
       .optional(),
     timeouts: z
@@ -174,7 +168,6 @@ const upstream = z
       .prefault({}),
     connections: z.number().int().positive().default(128),
     maxBodySize: size.optional(),
-    mode: z.enum(['enforce', 'shadow']).optional(),
   });
 
 const tenant = z.strictObject({ key: secret, weight: z.number().positive().default(1) });
