@@ -8,6 +8,7 @@ export const ERRORS = {
   unauthorized: { status: 401, doc: 'Base-URL request without a valid X-Sluice-Key or Proxy-Authorization.' },
   proxy_auth_required: { status: 407, doc: 'Proxy-form request without valid Proxy-Authorization (Basic tenant:key).' },
   destination_not_allowed: { status: 403, doc: 'No upstream matches the host or prefix: the gateway is not an open relay.' },
+  expectation_failed: { status: 417, doc: 'An Expect header other than 100-continue.' },
   payload_too_large: { status: 413, doc: 'The request body is larger than the limit (listen.maxBodySize or the upstream maxBodySize).' },
   headers_too_large: { status: 431, doc: 'The request header section is larger than listen.maxHeaderSize.' },
   request_timeout: { status: 408, doc: 'The client was too slow sending the request headers or body.' },

@@ -4,6 +4,7 @@
  * split by hand rather than with `new URL()`: a proxy forwards the path byte for byte, and WHATWG
  * URL parsing would resolve dot segments and re-encode characters.
  */
+import type { IncomingMessage } from 'node:http';
 import { GatewayError } from '../errors.js';
 import type { RequestForm } from '../tenants/identify.js';
 
@@ -18,7 +19,12 @@ export interface Intake {
 const ABSOLUTE = /^https?:\/\/([^/?#]*)([^#]*)/i;
 const AUTHORITY = /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.?|\[[0-9a-f:.]+\])(?::\d{1,5})?$/;
 
-export function intake(target: string | undefined): Intake {
+export function intake(req: IncomingMessage): Intake {
+  // RFC 9112 3.2: an HTTP/1.1 request without Host is malformed (Node is told not to answer it itself).
+  if (req.headers.host === undefined && req.httpVersionMinor >= 1) {
+    throw new GatewayError('bad_request', 'an HTTP/1.1 request needs a Host header', { headers: { connection: 'close' } });
+  }
+  const target = req.url;
   if (target === undefined || target === '') throw new GatewayError('bad_request', 'the request has no target');
   if (target.charCodeAt(0) === 0x2f /* / */) return { form: 'base-url', host: '', path: target };
   const m = ABSOLUTE.exec(target);

@@ -13,7 +13,7 @@ import type { Credential } from '../credentials/inject.js';
 import { GatewayError } from '../errors.js';
 import { loggablePath, type Logger } from '../observability/logger.js';
 import type { Policy, UpstreamProfile } from '../policy.js';
-import { forward } from '../upstream/forward.js';
+import { ClientGoneError, forward } from '../upstream/forward.js';
 import { upstreamRequestHeaders } from '../upstream/headers.js';
 import { requestBody } from './body.js';
 import { intake } from './intake.js';
@@ -32,6 +32,8 @@ interface RequestRecord {
   tenant?: string;
   upstream?: string;
   error?: string;
+  /** The client left before its response was complete. */
+  clientGone: boolean;
   /** When the request was sent upstream; upstream time runs from here to the end of the response. */
   sentAt?: number;
 }
@@ -39,15 +41,10 @@ interface RequestRecord {
 export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const startedAt = performance.now();
   const policy = ctx.policy;
-  const record: RequestRecord = { method: req.method ?? '', path: '' };
-  const aborter = new AbortController();
-  res.once('close', () => {
-    if (!res.writableFinished) aborter.abort();
-    logRequest(ctx.logger, record, res, startedAt);
-  });
+  const record: RequestRecord = { method: req.method ?? '', path: '', clientGone: false };
 
   try {
-    const target = intake(req.url);
+    const target = intake(req);
     record.path = loggablePath(target.path);
     const tenant = policy.tenants.identify(req.headers, target.form);
     record.tenant = tenant.name;
@@ -71,17 +68,23 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
         body,
         headersTimeoutMs: upstream.headersTimeoutMs,
         bodyTimeoutMs: upstream.bodyIdleTimeoutMs,
-        signal: aborter.signal,
       },
       res,
     );
   } catch (err) {
-    if (aborter.signal.aborted) return; // the client left; nobody to answer
-    const failure = asGatewayError(err);
-    record.error = failure.code;
-    if (failure.code === 'internal_error') ctx.logger.error({ err: failure.cause }, 'request failed inside the gateway');
-    respondWithError(res, failure);
+    if (err instanceof ClientGoneError || req.socket.destroyed) {
+      record.clientGone = true; // nobody left to answer
+    } else {
+      const failure = asGatewayError(err);
+      record.error = failure.code;
+      if (failure.code === 'internal_error') ctx.logger.error({ err: failure.cause }, 'request failed inside the gateway');
+      respondWithError(res, failure);
+    }
   }
+  // One line per request, once the response is done with (finished, cut, or abandoned).
+  const log = () => logRequest(ctx.logger, record, res, startedAt);
+  if (res.closed) log();
+  else res.once('close', log);
 }
 
 function authorize(upstream: UpstreamProfile): Credential | undefined {
@@ -103,7 +106,7 @@ function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, 
       method: record.method,
       path: record.path,
       // 499: the client closed the connection before the response was complete (nginx's convention).
-      status: res.writableFinished ? res.statusCode : 499,
+      status: record.clientGone ? 499 : res.statusCode,
       error: record.error,
       upstreamMs: upstreamMs === undefined ? undefined : round(upstreamMs),
       gatewayMs: round(now - startedAt - (upstreamMs ?? 0)),

@@ -4,12 +4,16 @@
  * over as a request — unparseable input, oversized headers, slow clients, CONNECT, Upgrade —
  * answered with the same JSON errors instead of a silently dropped socket.
  */
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Config } from '../config/schema.js';
 import { GatewayError } from '../errors.js';
 import { handleRequest, type PipelineContext } from './pipeline.js';
-import { respondOnSocket } from './respond.js';
+import { respondOnSocket, respondWithError } from './respond.js';
+
+/** clientError codes that mean the client went away, not that it sent something wrong. */
+const CLIENT_LEFT = new Set(['ECONNRESET', 'EPIPE', 'HPE_INVALID_EOF_STATE']);
 
 export interface ProxyContext extends PipelineContext {
   /** True once shutdown began: responses ask clients to close their connections. */
@@ -25,6 +29,8 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
       keepAliveTimeout: listen.keepAliveTimeout,
       // Node checks the timeouts above on this interval; keep it fine-grained enough for short ones.
       connectionsCheckingInterval: Math.min(1_000, Math.max(100, listen.headersTimeout / 4)),
+      // Node would answer a missing Host with a bare 400 of its own; intake answers it in JSON.
+      requireHostHeader: false,
     },
     (req, res) => {
       if (ctx.draining) res.setHeader('connection', 'close');
@@ -35,8 +41,21 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
       });
     },
   );
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    respondOnSocket(socket, clientErrorFor(err));
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    // Node's own record of the response in progress on this connection (not in its typings).
+    const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (!pending) {
+      respondOnSocket(socket, clientErrorFor(err));
+    } else if (CLIENT_LEFT.has(err.code ?? '')) {
+      socket.destroy(); // the client is gone mid-request: abandon the response (and the upstream request)
+    } else {
+      // Garbage behind a request still being answered: that answer finishes, then the connection closes.
+      pending.shouldKeepAlive = false;
+      pending.once('finish', () => socket.destroySoon());
+    }
+  });
+  server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => {
+    respondWithError(res, new GatewayError('expectation_failed', 'only "Expect: 100-continue" is supported'));
   });
   server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
     respondOnSocket(socket, new GatewayError('not_implemented', 'CONNECT tunnels (HTTPS_PROXY) are not served yet'));

@@ -1,7 +1,11 @@
 /**
- * Sends one request upstream and streams the answer to the client, neither body buffered:
- * undici's `stream()` writes the response straight into the ServerResponse, with backpressure,
- * and reads the request body from the IncomingMessage as the upstream takes it.
+ * Sends one request upstream and relays the answer to the client, neither body buffered.
+ *
+ * It uses undici's `dispatch` with a handler of our own rather than `stream()`: the handler writes
+ * each chunk into the ServerResponse and pauses the upstream while the client's socket is full
+ * (backpressure both ways: the request body is read from the IncomingMessage as the upstream takes
+ * it). Owning the writes also keeps undici from destroying the ServerResponse itself, so a failure
+ * mid-body reaches us as what it is (a body timeout, a reset) rather than as a premature close.
  */
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
@@ -18,13 +22,25 @@ export interface UpstreamRequest {
   body: Readable | null;
   headersTimeoutMs: number;
   bodyTimeoutMs: number;
-  signal: AbortSignal;
 }
 
-/** Resolves when the response has been written to the client; rejects with a GatewayError. */
-export async function forward(request: UpstreamRequest, res: ServerResponse): Promise<void> {
-  try {
-    await request.dispatcher.stream(
+/** The client went away: the upstream request is abandoned and nobody is left to answer. */
+export class ClientGoneError extends Error {
+  constructor() {
+    super('the client closed the connection');
+    this.name = 'ClientGoneError';
+  }
+}
+
+/**
+ * Resolves when the whole response has been handed to the client. Rejects with a GatewayError
+ * for upstream failures, or a ClientGoneError when the client left first.
+ */
+export function forward(request: UpstreamRequest, res: ServerResponse): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const relay = new ResponseRelay(res, request.upstream, resolve, reject);
+    res.once('close', relay.onClientClose);
+    request.dispatcher.dispatch(
       {
         method: request.method as Dispatcher.HttpMethod,
         path: request.path,
@@ -32,15 +48,62 @@ export async function forward(request: UpstreamRequest, res: ServerResponse): Pr
         body: request.body,
         headersTimeout: request.headersTimeoutMs,
         bodyTimeout: request.bodyTimeoutMs,
-        signal: request.signal,
       },
-      ({ statusCode, headers }) => {
-        res.writeHead(statusCode, clientResponseHeaders(headers));
-        return res;
-      },
+      relay,
     );
-  } catch (err) {
-    throw upstreamFailure(err, request.upstream);
+  });
+}
+
+class ResponseRelay implements Dispatcher.DispatchHandler {
+  private controller: Dispatcher.DispatchController | undefined;
+  private settled = false;
+
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly upstream: string,
+    private readonly resolve: () => void,
+    private readonly reject: (err: Error) => void,
+  ) {}
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    if (this.res.destroyed) controller.abort(new ClientGoneError());
+  }
+
+  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[]>): void {
+    if (statusCode < 200) return; // 1xx informational: Node speaks for itself (100 Continue)
+    this.res.writeHead(statusCode, clientResponseHeaders(headers));
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.res.write(chunk)) {
+      controller.pause();
+      this.res.once('drain', () => controller.resume());
+    }
+  }
+
+  onResponseEnd(): void {
+    this.res.end();
+    this.settle();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    this.settle(err instanceof ClientGoneError ? err : upstreamFailure(err, this.upstream));
+  }
+
+  /** Bound: the ServerResponse's 'close' listener. */
+  readonly onClientClose = (): void => {
+    if (this.res.writableFinished || this.settled) return;
+    if (this.controller) this.controller.abort(new ClientGoneError());
+    else this.settle(new ClientGoneError()); // still queued for a connection: nothing to abort yet
+  };
+
+  private settle(err?: Error): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.res.off('close', this.onClientClose);
+    if (err) this.reject(err);
+    else this.resolve();
   }
 }
 
