@@ -156,7 +156,8 @@ export class Gateway implements ProxyContext {
     this.adminServer.closeAllConnections();
     await this.pools.close();
     this.logger.info('stopped');
-    await new Promise<void>((resolve) => this.logger.flush(() => resolve()));
+    // Bounded: with stdout gone (a closed pipe) a flush would never call back.
+    await Promise.race([new Promise<void>((resolve) => this.logger.flush(() => resolve())), sleep(1_000)]);
   }
 }
 

@@ -54,8 +54,15 @@ export function createLogger(options: LoggerOptions): Logger {
       },
       hooks: { streamWrite: (line) => options.scrubber.scrub(line) },
     },
-    options.destination ?? pino.destination({ dest: 1, sync: false }),
+    options.destination ?? stdout(),
   );
+}
+
+function stdout(): DestinationStream {
+  const destination = pino.destination({ dest: 1, sync: false });
+  // A closed stdout (EPIPE) must not take the gateway down: the lines are lost, the traffic is not.
+  destination.on('error', () => undefined);
+  return destination;
 }
 
 const SECRET_QUERY_NAME = /key|token|secret|passw|auth|sig|session|credential|code/i;
