@@ -58,11 +58,14 @@ export function createLogger(options: LoggerOptions): Logger {
   );
 }
 
+/**
+ * Synchronous writes (pino's default): no line is lost when the process dies, and no exit-time
+ * flush is needed — sonic-boom's flushSync spins forever on a closed pipe (EPIPE), which hung
+ * shutdown. pino's own handler turns a closed stdout into a no-op: the lines are lost, the
+ * traffic is not.
+ */
 function stdout(): DestinationStream {
-  const destination = pino.destination({ dest: 1, sync: false });
-  // A closed stdout (EPIPE) must not take the gateway down: the lines are lost, the traffic is not.
-  destination.on('error', () => undefined);
-  return destination;
+  return pino.destination({ dest: 1, sync: true });
 }
 
 const SECRET_QUERY_NAME = /key|token|secret|passw|auth|sig|session|credential|code/i;
