@@ -20,6 +20,7 @@ export type RequestForm = 'proxy' | 'base-url';
 const PROXY_CHALLENGE = { 'proxy-authenticate': 'Basic realm="sluice"' };
 const ORIGIN_CHALLENGE = { 'www-authenticate': 'Basic realm="sluice"' };
 const DUMMY_DIGEST = digest('sluice: no such tenant');
+const VERIFIED_CACHE_SIZE = 10_000;
 
 function digest(key: string): Buffer {
   return createHash('sha256').update(key).digest();
@@ -31,6 +32,12 @@ interface KnownTenant extends Tenant {
 
 export class TenantDirectory {
   private readonly tenants: Map<string, KnownTenant> | undefined;
+  /**
+   * Header values already verified, so that a keep-alive client costs a map hit instead of a
+   * SHA-256 per request. Only exact, once-valid values hit; anything else takes the
+   * constant-time path. Lives as long as this config: a reload starts a new directory.
+   */
+  private readonly verified = new Map<string, Tenant>();
   /** With no tenants: section, every request is this tenant (allowed only on loopback). */
   private static readonly DEFAULT: Tenant = { name: 'default', weight: 1 };
 
@@ -55,11 +62,16 @@ export class TenantDirectory {
   /** The tenant the request authenticates as; throws 407 (proxy form) or 401 (base URL) otherwise. */
   identify(headers: IncomingHttpHeaders, form: RequestForm): Tenant {
     if (this.tenants === undefined) return TenantDirectory.DEFAULT;
+    const presented = headers['proxy-authorization'] ?? headers['x-sluice-key'];
+    const known = typeof presented === 'string' ? this.verified.get(presented) : undefined;
+    if (known) return known;
     const credentials = credentialsOf(headers);
     if (credentials === undefined) throw refusal(form, 'this gateway needs a tenant key');
     const tenant = this.tenants.get(credentials.tenant);
     const matches = timingSafeEqual(tenant?.keyDigest ?? DUMMY_DIGEST, digest(credentials.key));
     if (!tenant || !tenant.keyDigest || !matches) throw refusal(form, 'the tenant key is not valid');
+    if (this.verified.size >= VERIFIED_CACHE_SIZE) this.verified.clear();
+    this.verified.set(presented as string, tenant);
     return tenant;
   }
 }

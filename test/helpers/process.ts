@@ -17,6 +17,12 @@ export interface GatewayProcess {
   memory(): { rssBytes: number; peakBytes: number };
 }
 
+/** Every child still running when the test worker exits is killed, whatever the test did. */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
 export async function spawnGateway(yaml: string, env: NodeJS.ProcessEnv = {}, args: string[] = []): Promise<GatewayProcess> {
   const configPath = writeConfig(yaml);
   const child = spawn(process.execPath, ['dist/cli.js', 'start', '--config', configPath, ...args], {
@@ -26,7 +32,13 @@ export async function spawnGateway(yaml: string, env: NodeJS.ProcessEnv = {}, ar
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  running.add(child);
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      running.delete(child);
+      resolve(code);
+    }),
+  );
   const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
     let buffered = '';
     child.stdout!.on('data', (d: Buffer) => {
