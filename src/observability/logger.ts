@@ -5,6 +5,7 @@
  * The scrubber's list follows config reloads.
  */
 import { pino, type DestinationStream, type Logger } from 'pino';
+import { BatchedLogWriter } from './log-writer.js';
 
 export type { Logger };
 
@@ -54,18 +55,8 @@ export function createLogger(options: LoggerOptions): Logger {
       },
       hooks: { streamWrite: (line) => options.scrubber.scrub(line) },
     },
-    options.destination ?? stdout(),
+    options.destination ?? new BatchedLogWriter(),
   );
-}
-
-/**
- * Synchronous writes (pino's default): no line is lost when the process dies, and no exit-time
- * flush is needed — sonic-boom's flushSync spins forever on a closed pipe (EPIPE), which hung
- * shutdown. pino's own handler turns a closed stdout into a no-op: the lines are lost, the
- * traffic is not.
- */
-function stdout(): DestinationStream {
-  return pino.destination({ dest: 1, sync: true });
 }
 
 const SECRET_QUERY_NAME = /key|token|secret|passw|auth|sig|session|credential|code/i;

@@ -19,7 +19,12 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
-export function writeConfig(yaml: string, dir = mkdtempSync(join(tmpdir(), 'sluice-test-'))): string {
+/** A fresh folder inside the run's temp folder (made and removed by helpers/build.ts). */
+export function tempDir(): string {
+  return mkdtempSync(join(process.env.SLUICE_TEST_TMP ?? tmpdir(), 'sluice-test-'));
+}
+
+export function writeConfig(yaml: string, dir = tempDir()): string {
   const path = join(dir, 'routes.yaml');
   writeFileSync(path, yaml);
   return path;
