@@ -1,6 +1,6 @@
 /**
  * Wiring: config → policy → listeners, plus the gateway's lifecycle (reload, drain, stop).
- * `startGateway` is what the CLI runs and what tests start in-process.
+ * `Gateway.start` is what the CLI runs and what tests start in-process.
  */
 import { once } from 'node:events';
 import type { Server } from 'node:http';
@@ -166,4 +166,3 @@ async function listenOn(server: Server, host: string, port: number): Promise<voi
   await once(server, 'listening');
 }
 
-export const startGateway = (options: GatewayOptions): Promise<Gateway> => Gateway.start(options);
