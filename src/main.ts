@@ -7,7 +7,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DestinationStream } from 'pino';
-import { ConfigError, loadConfigFile, type LoadedConfig } from './config/load.js';
+import { ConfigError, isLoopback, loadConfigFile, type LoadedConfig } from './config/load.js';
 import { watchConfig, type ConfigWatcher } from './config/watch.js';
 import { adminRoutes, createAdminServer, type Readiness } from './observability/admin.js';
 import { createLogger, SecretScrubber, type Logger } from './observability/logger.js';
@@ -101,35 +101,47 @@ export class Gateway implements ProxyContext {
    * Reloads run one at a time.
    */
   reload(): Promise<ReloadResult> {
-    this.reloading = this.reloading.then(() => this.reloadNow());
+    const attempt = () => this.reloadNow().catch((err: unknown) => this.rejectReload([`reload failed: ${String(err)}`]));
+    // A failed reload must not block the ones after it: the chain continues either way.
+    this.reloading = this.reloading.then(attempt, attempt);
     return this.reloading;
   }
 
   private async reloadNow(): Promise<ReloadResult> {
+    if (this.draining) return this.rejectReload(['the gateway is shutting down']);
     let loaded: LoadedConfig;
     try {
       loaded = await loadConfigFile(this.options.configPath, this.options.env ?? process.env);
     } catch (err) {
-      const problems = err instanceof ConfigError ? err.problems : [String(err)];
-      this.logger.error({ problems, version: this.policy.version }, 'config reload rejected; the previous config keeps serving');
-      return { ok: false, problems };
+      return this.rejectReload(err instanceof ConfigError ? err.problems : [String(err)]);
     }
     if (loaded.version === this.policy.version) return { ok: true, version: loaded.version, changed: false };
-    for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
+    // listen, store and tls are bound at start: the listeners keep what they were started with.
+    const running = this.policy.config;
+    if (loaded.config.tenants === undefined && !isLoopback(running.listen.proxy.host)) {
+      return this.rejectReload([
+        `${loaded.source}: tenants: removing every tenant while listening on ${running.listen.proxy.host} would make the gateway an open relay`,
+      ]);
+    }
     for (const key of ['listen', 'store', 'tls'] as const) {
-      if (JSON.stringify(loaded.config[key]) !== JSON.stringify(this.policy.config[key])) {
+      if (JSON.stringify(loaded.config[key]) !== JSON.stringify(running[key])) {
         this.logger.warn({ key }, `${key}: changes take effect at the next restart`);
       }
     }
+    for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
     const previous = this.policy;
-    this.policy = new Policy(loaded, this.pools);
+    this.policy = new Policy({ ...loaded, config: { ...loaded.config, listen: running.listen, store: running.store, tls: running.tls } }, this.pools);
+    // Secrets of earlier configs stay redacted: requests on them may still be logging.
     this.scrubber.update([...previous.secrets, ...this.policy.secrets]);
     this.logger.level = loaded.config.log.level;
     this.pools.retainOnly(this.policy.pools());
     this.logger.info({ from: previous.version, to: loaded.version }, 'config reloaded');
-    // Lines about requests still on the old policy may carry its secrets for a little while.
-    setTimeout(() => this.scrubber.update(this.policy.secrets), 60_000).unref();
     return { ok: true, version: loaded.version, changed: true };
+  }
+
+  private rejectReload(problems: string[]): ReloadResult {
+    this.logger.error({ problems, version: this.policy.version }, 'config reload rejected; the previous config keeps serving');
+    return { ok: false, problems };
   }
 
   /**
@@ -141,12 +153,18 @@ export class Gateway implements ProxyContext {
     this.draining = true;
     this.watcher?.close();
     this.logger.info({ drainTimeoutMs: this.policy.config.listen.drainTimeout }, 'draining');
-    const closed = once(this.proxyServer, 'close');
+    const closed = once(this.proxyServer, 'close').then(
+      () => true,
+      () => true,
+    );
     this.proxyServer.close();
-    // Keep-alive connections go as soon as they are idle; busy ones get `Connection: close`.
+    // Keep-alive connections are closed as soon as they are idle, after the response in progress.
     const idleCloser = setInterval(() => this.proxyServer.closeIdleConnections(), 50);
     this.proxyServer.closeIdleConnections();
-    const drained = await Promise.race([closed.then(() => true), sleep(this.policy.config.listen.drainTimeout, false)]);
+    const timer = new AbortController();
+    const timedOut = sleep(this.policy.config.listen.drainTimeout, false, { signal: timer.signal }).catch(() => false);
+    const drained = await Promise.race([closed, timedOut]);
+    timer.abort();
     clearInterval(idleCloser);
     if (!drained) {
       this.logger.warn('drain timeout reached; closing the remaining connections');
@@ -157,7 +175,7 @@ export class Gateway implements ProxyContext {
     await this.pools.close();
     this.logger.info('stopped');
     // Bounded: with stdout gone (a closed pipe) a flush would never call back.
-    await Promise.race([new Promise<void>((resolve) => this.logger.flush(() => resolve())), sleep(1_000)]);
+    await new Promise<void>((resolve) => this.logger.flush(() => resolve()));
   }
 }
 

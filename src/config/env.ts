@@ -8,7 +8,7 @@
  * `$${` writes a literal `${`.
  */
 import { isMap, isScalar, isSeq, type Document, type Node } from 'yaml';
-import type { ConfigPath } from './paths.js';
+import { keyText, type ConfigPath } from './paths.js';
 
 const REFERENCE = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
 const PLACEHOLDER = /__sluice_env_(\d+)__/g;
@@ -53,8 +53,7 @@ export function resolvePlaceholders(doc: Document, held: Placeheld): MissingVari
   const walk = (node: Node | null | undefined, path: ConfigPath): void => {
     if (isMap(node)) {
       for (const pair of node.items) {
-        const key = isScalar(pair.key) ? String(pair.key.value) : String(pair.key);
-        walk(pair.value as Node | null, [...path, key]);
+        walk(pair.value as Node | null, [...path, keyText(pair.key)]);
       }
     } else if (isSeq(node)) {
       node.items.forEach((item, i) => walk(item as Node | null, [...path, i]));
@@ -75,7 +74,8 @@ export function resolvePlaceholders(doc: Document, held: Placeheld): MissingVari
 }
 
 function typed(text: string): string | number | boolean {
-  if (/^-?\d+(\.\d+)?$/.test(text)) return Number(text);
+  // Only when the number reads back the same: "0123" or a 20-digit token stays text.
+  if (/^-?\d+(\.\d+)?$/.test(text) && String(Number(text)) === text) return Number(text);
   if (text === 'true' || text === 'false') return text === 'true';
   return text;
 }

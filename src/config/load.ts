@@ -5,10 +5,10 @@
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { isMap, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import type { z } from 'zod';
 import { placehold, resolvePlaceholders } from './env.js';
-import { formatPath, type ConfigPath } from './paths.js';
+import { formatPath, keyText, type ConfigPath } from './paths.js';
 import { configSchema, type Config } from './schema.js';
 
 export class ConfigError extends Error {
@@ -34,6 +34,10 @@ export interface LoadedConfig {
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+
+export function isLoopback(host: string): boolean {
+  return LOOPBACK.test(host);
+}
 
 export async function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Promise<LoadedConfig> {
   let text: string;
@@ -128,7 +132,8 @@ function describeIssue(issue: z.core.$ZodIssue, at: At): string[] {
         const value = (issue.input as Record<string, unknown> | undefined)?.[issue.discriminator];
         return [at(path, `${JSON.stringify(value)} is not one of ${options.map((o) => JSON.stringify(o)).join(', ')}`)];
       }
-      return describeUnion(issue.errors, path, at);
+      if (issue.input === undefined) return [at(path, 'is required')];
+      return describeUnion(issue.errors, path, at, issue.input);
     default:
       return [at(path, issue.message)];
   }
@@ -139,13 +144,18 @@ function describeIssue(issue: z.core.$ZodIssue, at: At): string[] {
  * (`onLimit: { queue: 2 seconds }` is a bad queue duration, not "not reject"); when it fits no
  * shape at all, say what the shapes were.
  */
-function describeUnion(branches: z.core.$ZodIssue[][], path: (string | number)[], at: At): string[] {
+function describeUnion(branches: z.core.$ZodIssue[][], path: (string | number)[], at: At, input: unknown): string[] {
   const depth = (issues: z.core.$ZodIssue[]) => Math.max(...issues.map((i) => i.path.length));
   const deepest = branches.reduce((best, b) => (depth(b) > depth(best) ? b : best), branches[0] ?? []);
   if (deepest.length > 0 && depth(deepest) > 0) {
     return deepest.flatMap((i) => describeIssue({ ...i, path: [...path, ...i.path] } as z.core.$ZodIssue, at));
   }
-  return [at(path, branches.flat().map((i) => i.message.replace(/^Invalid input: /, '')).join(', or '))];
+  const issues = branches.flat();
+  if (issues.every((i) => i.code === 'invalid_type')) {
+    const expected = issues.map((i) => (i as z.core.$ZodIssueInvalidType).expected).join(' or ');
+    return [at(path, `expected ${expected}, got ${describe(input)}`)];
+  }
+  return [at(path, issues.map((i) => i.message.replace(/^Invalid input: /, '')).join(', or '))];
 }
 
 function crossChecks(config: Config, at: At): string[] {
@@ -173,7 +183,7 @@ function crossChecks(config: Config, at: At): string[] {
       }
     });
   }
-  if (config.tenants === undefined && !LOOPBACK.test(config.listen.proxy.host)) {
+  if (config.tenants === undefined && !isLoopback(config.listen.proxy.host)) {
     problems.push(
       at(
         ['listen', 'proxy'],
@@ -191,7 +201,7 @@ function lineOf(doc: Document, lines: LineCounter, path: ConfigPath): number {
   let offset = node?.range?.[0] ?? 0;
   for (const part of path) {
     if (isMap(node)) {
-      const pair = node.items.find((p) => (isScalar(p.key) ? String(p.key.value) : String(p.key)) === String(part));
+      const pair = node.items.find((p) => keyText(p.key) === String(part));
       if (!pair) break;
       offset = (pair.key as Node | null)?.range?.[0] ?? offset;
       node = pair.value as Node | null;

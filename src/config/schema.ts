@@ -45,8 +45,17 @@ export function parseAddress(text: string): Address | undefined {
 
 const address = unit(parseAddress, 'an address', 'use HOST:PORT, like "127.0.0.1:8080" or "[::1]:8080"');
 
-/** A secret: may be empty when its environment variable is unset (the loader decides what that means). */
-const secret = z.string();
+/**
+ * A secret: may be empty when its environment variable is unset (the loader decides what that
+ * means). A secret that happens to look like a number (`key: ${KEY}` with KEY=20240101) is still
+ * text, and a wrong type is reported without echoing the value.
+ */
+const secret = z
+  .union([z.string(), z.number(), z.boolean()], { error: 'must be text' })
+  .transform((value) => String(value));
+
+const NAME = /^[A-Za-z0-9_.-]+$/;
+const NAME_HINT = 'must be letters, digits, "_", "." or "-"';
 
 const targetUrl = z.string().transform((value, ctx) => {
   let url: URL;
@@ -84,7 +93,7 @@ const ruleMatch = z.strictObject({ method: methodList.optional(), path: z.string
 
 const limitRule = z
   .strictObject({
-    name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be letters, digits, "_", "." or "-"'),
+    name: z.string().regex(NAME, NAME_HINT),
     match: ruleMatch.optional(),
     rate: rate.optional(),
     burst: z.number().int().positive().optional(),
@@ -184,8 +193,13 @@ export const configSchema = z.strictObject({
       requestTimeout: duration.default(300_000),
       keepAliveTimeout: duration.default(5_000),
       drainTimeout: duration.default(30_000),
+      idleTimeout: duration.default(120_000),
     })
-    .prefault({}),
+    .prefault({})
+    .refine((l) => l.headersTimeout <= l.requestTimeout, {
+      message: 'headersTimeout must not be longer than requestTimeout',
+      path: ['headersTimeout'],
+    }),
   store: z
     .strictObject({
       type: z.enum(['memory', 'redis']).default('memory'),
@@ -199,12 +213,10 @@ export const configSchema = z.strictObject({
   log: z
     .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
     .prefault({}),
-  tenants: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be letters, digits, "_", "." or "-"'), tenant).optional(),
-  upstreams: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be letters, digits, "_", "." or "-"'), upstream),
+  tenants: z.record(z.string().regex(NAME, NAME_HINT), tenant).optional(),
+  upstreams: z.record(z.string().regex(NAME, NAME_HINT), upstream),
 });
 
 export type Config = z.output<typeof configSchema>;
 export type UpstreamConfig = Config['upstreams'][string];
 export type CredentialsConfig = NonNullable<UpstreamConfig['credentials']>;
-export type TenantConfig = NonNullable<Config['tenants']>[string];
-export type LimitRuleConfig = UpstreamConfig['limits'][number];

@@ -14,10 +14,11 @@ export const SIZE_HINT = 'use bytes or a number with kb, mb or gb, like "64kb" o
 
 /** "250ms", "2s", "5m", "1h", "1d" (or a plain number of milliseconds) to milliseconds. */
 export function parseDuration(text: string | number): number | undefined {
-  if (typeof text === 'number') return Number.isFinite(text) && text >= 0 ? text : undefined;
+  if (typeof text === 'number') return Number.isFinite(text) && text >= 0 ? Math.round(text) : undefined;
   const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(text);
   if (!m) return undefined;
-  return Number(m[1]) * DURATION_UNITS_MS[m[2]!]!;
+  // Whole milliseconds: Node's timers and server timeouts take integers ("1.1s" is 1100, not 1100.0000000000002).
+  return Math.round(Number(m[1]) * DURATION_UNITS_MS[m[2]!]!);
 }
 
 export interface Rate {

@@ -12,14 +12,13 @@ export interface Credential {
 }
 
 export interface CredentialProvider {
-  readonly header: string;
   /** The credential for one request; throws a GatewayError when none can be had. */
   next(): Credential;
 }
 
 function fixed(header: string, value: string): CredentialProvider {
   const credential = { header: header.toLowerCase(), value };
-  return { header: credential.header, next: () => credential };
+  return { next: () => credential };
 }
 
 function formatted(format: string | undefined, token: string): string {
@@ -30,10 +29,7 @@ function formatted(format: string | undefined, token: string): string {
 function roundRobin(header: string, values: string[]): CredentialProvider {
   const credentials = values.map((value) => ({ header: header.toLowerCase(), value }));
   let turn = 0;
-  return {
-    header: header.toLowerCase(),
-    next: () => credentials[turn++ % credentials.length]!,
-  };
+  return { next: () => credentials[turn++ % credentials.length]! };
 }
 
 export function credentialProvider(upstream: string, config: CredentialsConfig | undefined): CredentialProvider | undefined {
@@ -48,7 +44,6 @@ export function credentialProvider(upstream: string, config: CredentialsConfig |
       return roundRobin(config.header, config.tokens.map((t) => formatted(config.format, t)));
     case 'oauth2':
       return {
-        header: config.header.toLowerCase(),
         next: () => {
           throw new GatewayError('credentials_unavailable', 'OAuth2 token refresh is not available in this version of the gateway', {
             upstream,

@@ -48,11 +48,6 @@ export function createLogger(options: LoggerOptions): Logger {
     {
       level: options.level,
       base: { service: 'sluice' },
-      redact: {
-        paths: ['authorization', 'proxyAuthorization', 'headers.authorization', 'headers["proxy-authorization"]',
-          'headers["x-sluice-key"]', 'headers.cookie', 'headers["set-cookie"]'],
-        censor: REDACTED,
-      },
       hooks: { streamWrite: (line) => options.scrubber.scrub(line) },
     },
     options.destination ?? new BatchedLogWriter(),

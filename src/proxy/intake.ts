@@ -24,6 +24,9 @@ export function intake(req: IncomingMessage): Intake {
   if (req.headers.host === undefined && req.httpVersionMinor >= 1) {
     throw new GatewayError('bad_request', 'an HTTP/1.1 request needs a Host header', { headers: { connection: 'close' } });
   }
+  if (/websocket/i.test(req.headers.upgrade ?? '')) {
+    throw new GatewayError('not_implemented', 'WebSocket upgrades are not served yet', { headers: { connection: 'close' } });
+  }
   const target = req.url;
   if (target === undefined || target === '') throw new GatewayError('bad_request', 'the request has no target');
   if (target.charCodeAt(0) === 0x2f /* / */) return { form: 'base-url', host: '', path: target };

@@ -52,6 +52,8 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     record.upstream = upstream.name;
     const credential = authorize(upstream);
     const body = requestBody(req, upstream.maxBodySize, upstream.name);
+    // Every check passed: now the client may send the body it is holding back (server.ts).
+    if (req.headers.expect?.toLowerCase() === '100-continue' && req.httpVersionMinor >= 1) res.writeContinue();
 
     record.sentAt = performance.now();
     await forward(
@@ -94,6 +96,11 @@ function authorize(upstream: UpstreamProfile): Credential | undefined {
     });
   }
   return upstream.credentials?.next();
+}
+
+/** The log line for a request refused before the pipeline could take it (CONNECT, Expect). */
+export function logRefusal(logger: Logger, req: IncomingMessage, err: GatewayError): void {
+  logger.info({ method: req.method, path: loggablePath(req.url ?? ''), status: err.status, error: err.code }, 'request');
 }
 
 function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, startedAt: number): void {

@@ -3,7 +3,7 @@ import { STATUS_CODES, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { errorBody, GatewayError } from '../errors.js';
 
-export function respondWithError(res: ServerResponse, err: GatewayError, extraHeaders?: Record<string, string>): void {
+export function respondWithError(res: ServerResponse, err: GatewayError): void {
   if (res.headersSent) {
     // Bytes already went to the client: the only honest signal left is a cut connection.
     res.destroy(err);
@@ -15,7 +15,6 @@ export function respondWithError(res: ServerResponse, err: GatewayError, extraHe
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-store',
     ...err.headers,
-    ...extraHeaders,
   };
   if (err.retryAfterMs !== undefined) headers['retry-after'] = Math.max(1, Math.ceil(err.retryAfterMs / 1000));
   res.writeHead(err.status, headers);

@@ -51,14 +51,6 @@ export class TenantDirectory {
     );
   }
 
-  get open(): boolean {
-    return this.tenants === undefined;
-  }
-
-  names(): string[] {
-    return this.tenants ? [...this.tenants.keys()] : [TenantDirectory.DEFAULT.name];
-  }
-
   /** The tenant the request authenticates as; throws 407 (proxy form) or 401 (base URL) otherwise. */
   identify(headers: IncomingHttpHeaders, form: RequestForm): Tenant {
     if (this.tenants === undefined) return TenantDirectory.DEFAULT;

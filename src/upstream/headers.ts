@@ -65,9 +65,14 @@ export function upstreamRequestHeaders(
   } else if (forwardedFor) {
     out.push('x-forwarded-for', forwardedFor);
   }
-  const via = joined(parsed.via);
-  out.push('via', via ? `${via}, ${VIA}` : VIA);
+  out.push('via', withVia(parsed.via));
   return out;
+}
+
+/** Appends our Via entry to whatever the message already carried. */
+function withVia(existing: string | string[] | undefined): string {
+  const via = joined(existing);
+  return via ? `${via}, ${VIA}` : VIA;
 }
 
 function joined(value: string | string[] | undefined): string | undefined {
@@ -83,7 +88,6 @@ export function clientResponseHeaders(headers: Record<string, string | string[] 
     const value = headers[name];
     if (value !== undefined) out[name] = value;
   }
-  const via = joined(headers.via);
-  out.via = via ? `${via}, ${VIA}` : VIA;
+  out.via = withVia(headers.via);
   return out;
 }
