@@ -115,10 +115,26 @@ upstreams:
   });
 });
 
+describe('secrets and timeouts', () => {
+  it('keeps a secret that looks like a number as text, digits intact', () => {
+    const yaml = 'tenants:\n  a: { key: ${K1} }\n  b: { key: ${K2} }\nupstreams:\n  x: { match: { prefix: /x }, target: "http://127.0.0.1:1" }\n';
+    const { config } = parseConfig(yaml, 'routes.yaml', { K1: '20240101', K2: '0123' });
+    expect(config.tenants?.a?.key).toBe('20240101');
+    expect(config.tenants?.b?.key).toBe('0123');
+  });
+
+  it('refuses a headersTimeout longer than requestTimeout (Node would refuse to start)', () => {
+    expect(problemsOf('listen: { requestTimeout: 5s }\nupstreams: {}\n')).toEqual([
+      'routes.yaml:1 listen.headersTimeout: headersTimeout must not be longer than requestTimeout',
+    ]);
+  });
+});
+
 describe('units', () => {
   it('parses the documented forms and nothing else', () => {
     expect(parseDuration('250ms')).toBe(250);
     expect(parseDuration('1.5s')).toBe(1500);
+    expect(parseDuration('1.1s')).toBe(1100); // whole milliseconds, as Node's timeouts need
     expect(parseDuration('5m')).toBe(300_000);
     expect(parseDuration('2 seconds')).toBeUndefined();
     expect(parseRate('100/min')).toMatchObject({ count: 100, periodMs: 60_000 });

@@ -143,3 +143,34 @@ describe('reload on SIGHUP', () => {
     }
   });
 });
+
+describe('reload safety', () => {
+  it('refuses a reload that drops every tenant while the listener is not on loopback', async () => {
+    const yaml = testConfig(upstreams(first.url, false)).replace('proxy: 127.0.0.1:0', 'proxy: 0.0.0.0:0');
+    const gw = await startGateway(yaml);
+    try {
+      // The new file would pass on its own: loopback and no tenants. But the running listener is 0.0.0.0.
+      writeFileSync(gw.configPath, `listen: { proxy: 127.0.0.1:8080, admin: 127.0.0.1:0 }\nupstreams:${upstreams(first.url, false)}`);
+      const result = await gw.gateway.reload();
+      expect(result.ok).toBe(false);
+      expect(!result.ok && result.problems[0]).toMatch(/would make the gateway an open relay/);
+      const res = await request(`${gw.proxyUrl}/a/x`);
+      expect(res.statusCode).toBe(401);
+      await res.body.dump();
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('keeps reloading after a reload failed', async () => {
+    const gw = await startGateway(testConfig(upstreams(first.url, false)));
+    try {
+      writeFileSync(gw.configPath, 'upstreams: [not, a, mapping]\n');
+      expect((await gw.gateway.reload()).ok).toBe(false);
+      writeFileSync(gw.configPath, testConfig(upstreams(first.url, true)));
+      expect(await gw.gateway.reload()).toMatchObject({ ok: true, changed: true });
+    } finally {
+      await gw.close();
+    }
+  });
+});
