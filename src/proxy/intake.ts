@@ -24,7 +24,8 @@ export function intake(req: IncomingMessage): Intake {
   if (req.headers.host === undefined && req.httpVersionMinor >= 1) {
     throw new GatewayError('bad_request', 'an HTTP/1.1 request needs a Host header', { headers: { connection: 'close' } });
   }
-  if (/websocket/i.test(req.headers.upgrade ?? '')) {
+  const upgrade = req.headers.upgrade;
+  if (upgrade !== undefined && /websocket/i.test(upgrade)) {
     throw new GatewayError('not_implemented', 'WebSocket upgrades are not served yet', { headers: { connection: 'close' } });
   }
   const target = req.url;

@@ -114,9 +114,8 @@ const TIMEOUTS: Record<string, string> = {
 };
 
 /** undici's errors, as the client is told about them. Only error codes are shown, never messages. */
-export function upstreamFailure(err: unknown, upstream: string): GatewayError {
-  if (err instanceof GatewayError) return err;
-  if (err instanceof Error && err.cause instanceof GatewayError) return err.cause;
+function upstreamFailure(err: unknown, upstream: string): GatewayError {
+  if (err instanceof GatewayError) return err; // e.g. the body counter's 413
   const code = (err as { code?: string } | null)?.code ?? 'UNKNOWN';
   const timeout = TIMEOUTS[code];
   if (timeout) return new GatewayError('upstream_timeout', timeout, { upstream, cause: err });

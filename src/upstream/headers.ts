@@ -21,7 +21,7 @@ const HOP_BY_HOP = new Set([
 /** Request headers that the gateway replaces or answers itself (Node already sent 100 Continue). */
 const REPLACED_ON_REQUEST = new Set(['host', 'expect', 'via', 'x-forwarded-for']);
 
-export const VIA = '1.1 sluice';
+const VIA = '1.1 sluice';
 
 function connectionTokens(value: string | string[] | undefined): Set<string> | undefined {
   if (value === undefined) return undefined;
