@@ -1,0 +1,263 @@
+/**
+ * The embedded store (store.type: memory, the default): one instance's limit state in maps.
+ * Same arithmetic and same answers as decide.lua; decisions are synchronous, so they are atomic
+ * by construction. Time comes from the injected clock, so tests drive it instead of sleeping.
+ */
+import { checkBucket, drainMs, type BucketState } from '../limits/bucket.js';
+import { ASSURED_BURST, assuredRate, FAIR_STATE_WINDOWS, type ActiveTenant } from '../limits/fair.js';
+import {
+  chooseCandidate,
+  CONCURRENCY_WAIT_HINT_MS,
+  type CandidateScore,
+  type DecideRequest,
+  type Lease,
+  type LimitStore,
+  type RuleOutcome,
+  type StoreDecision,
+  type StoreRule,
+} from './store.js';
+
+export type Clock = () => number;
+
+/** Quota counts are kept this long past their period's end. */
+export const QUOTA_GRACE_MS = 60_000;
+const SWEEP_EVERY_MS = 10_000;
+
+interface TenantState {
+  /** Its assured bucket. */
+  bucket: BucketState | undefined;
+  /** Its last request. */
+  seen: number;
+  /** Since when it has been refused within its assured rate (0: not waiting). */
+  waitingSince: number;
+  weight: number;
+  reserve: number;
+}
+
+interface FairState {
+  global: BucketState | undefined;
+  tenants: Map<string, TenantState>;
+}
+
+type Entry =
+  | { kind: 'rate'; bucket: BucketState; expires: number }
+  | { kind: 'fair'; state: FairState; expires: number }
+  | { kind: 'quota'; count: number; expires: number }
+  | { kind: 'concurrency'; leases: Map<string, number>; expires: number };
+
+/** One rule evaluated against one state key: the outcome, and how to consume it if admitted. */
+interface Evaluation {
+  outcome: RuleOutcome;
+  load: number;
+  commit(): void;
+  /** Fair rules record that the tenant asked (and whether it now waits), admitted or not. */
+  observe?(): void;
+}
+
+export class MemoryStore implements LimitStore {
+  private readonly entries = new Map<string, Entry>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(private readonly clock: Clock = Date.now) {
+    this.sweeper = setInterval(() => this.sweep(), SWEEP_EVERY_MS).unref();
+  }
+
+  decide(request: DecideRequest): Promise<StoreDecision> {
+    return Promise.resolve(this.decideNow(request));
+  }
+
+  decideNow(request: DecideRequest): StoreDecision {
+    const now = this.clock();
+    // A rule shared by every candidate is evaluated once: it must not be consumed twice.
+    const evaluations = request.rules.map((rule) => rule.keys.map((key) => this.evaluate(rule, key, now, request)));
+    const per = (c: number) => request.rules.map((rule, i) => evaluations[i]![rule.keys.length > 1 ? c : 0]!);
+
+    const scores: CandidateScore[] = [];
+    for (let c = 0; c < request.candidates; c++) scores.push(score(request.rules, per(c)));
+    const candidate = chooseCandidate(scores);
+    const chosen = per(candidate);
+    const admitted = scores[candidate]!.ok;
+    for (const evaluation of chosen) evaluation.observe?.();
+    if (admitted) for (const evaluation of chosen) if (evaluation.outcome.ok) evaluation.commit();
+    return { admitted, candidate, outcomes: chosen.map((e) => e.outcome) };
+  }
+
+  release(leases: readonly Lease[]): Promise<void> {
+    for (const { key, id } of leases) {
+      const entry = this.entries.get(key);
+      if (entry?.kind === 'concurrency') entry.leases.delete(id);
+    }
+    return Promise.resolve();
+  }
+
+  renew(leases: readonly Lease[], ttlMs: number): Promise<void> {
+    const now = this.clock();
+    const expires = now + ttlMs;
+    for (const { key, id } of leases) {
+      const entry = this.live(key, now);
+      // An expired lease stays expired, as in Redis (its slot may be someone else's by now).
+      if (entry?.kind === 'concurrency' && (entry.leases.get(id) ?? 0) > now) {
+        entry.leases.set(id, expires);
+        entry.expires = Math.max(entry.expires, expires);
+      }
+    }
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    clearInterval(this.sweeper);
+    return Promise.resolve();
+  }
+
+  /** How many state keys are held (tests check that idle ones go away). */
+  size(): number {
+    this.sweep();
+    return this.entries.size;
+  }
+
+  private sweep(): void {
+    const now = this.clock();
+    for (const [key, entry] of this.entries) if (entry.expires <= now) this.entries.delete(key);
+  }
+
+  private evaluate(rule: StoreRule, key: string, now: number, request: DecideRequest): Evaluation {
+    switch (rule.kind) {
+      case 'rate':
+        return rule.fair ? this.fairRate(rule, key, now) : this.rate(rule, key, now);
+      case 'quota':
+        return this.quota(rule, key, now);
+      case 'concurrency':
+        return this.concurrency(rule, key, now, request);
+    }
+  }
+
+  private live(key: string, now: number): Entry | undefined {
+    const entry = this.entries.get(key);
+    return entry && entry.expires > now ? entry : undefined;
+  }
+
+  private rate(rule: StoreRule, key: string, now: number): Evaluation {
+    const ratePerMs = rule.limit / rule.periodMs;
+    const entry = this.live(key, now);
+    const check = checkBucket(entry?.kind === 'rate' ? entry.bucket : undefined, now, ratePerMs, rule.burst);
+    return {
+      outcome: outcome(check.ok, check.waitMs, check.remaining, check.resetMs),
+      load: check.level / rule.burst,
+      commit: () => {
+        const level = check.level + 1;
+        this.entries.set(key, { kind: 'rate', bucket: { level, at: now }, expires: now + drainMs(level, ratePerMs) + 1 });
+      },
+    };
+  }
+
+  private fairRate(rule: StoreRule, key: string, now: number): Evaluation {
+    const fair = rule.fair!;
+    const capacity = rule.limit / rule.periodMs;
+    const window = fair.activeWindowMs;
+    const entry = this.live(key, now);
+    const state: FairState = entry?.kind === 'fair' ? entry.state : { global: undefined, tenants: new Map() };
+    const mine = state.tenants.get(fair.tenant);
+
+    const others: ActiveTenant[] = [];
+    let othersWaiting = false;
+    for (const [name, t] of state.tenants) {
+      if (name === fair.tenant || now - t.seen > window) continue;
+      others.push(t);
+      if (t.waitingSince > 0 && now - t.waitingSince <= window) othersWaiting = true;
+    }
+    const assured = assuredRate(capacity, { weight: fair.weight, reserve: fair.reservePerMs }, others);
+    const global = checkBucket(state.global, now, capacity, rule.burst);
+    const own = checkBucket(mine?.bucket, now, assured, Math.max(ASSURED_BURST, (rule.burst * assured) / capacity));
+    const borrowing = !own.ok;
+    const ok = global.ok && !(borrowing && othersWaiting);
+    // Within its assured rate a tenant waits only for the global bucket; beyond it, also for its own.
+    const waitMs = ok ? 0 : borrowing && othersWaiting ? Math.max(own.waitMs, global.waitMs) : global.waitMs;
+
+    const tenant = (): TenantState => {
+      let t = state.tenants.get(fair.tenant);
+      if (!t) {
+        t = { bucket: undefined, seen: now, waitingSince: 0, weight: fair.weight, reserve: fair.reservePerMs };
+        state.tenants.set(fair.tenant, t);
+      }
+      return t;
+    };
+    const keep = () => {
+      forgetIdleTenants(state, now, window);
+      const expires = now + Math.max(drainMs(global.level + 1, capacity), drainMs(own.level + 1, assured), FAIR_STATE_WINDOWS * window);
+      this.entries.set(key, { kind: 'fair', state, expires: Math.max(expires, this.live(key, now)?.expires ?? 0) });
+    };
+    return {
+      outcome: outcome(ok, waitMs, ok ? global.remaining : 0, global.resetMs),
+      load: global.level / rule.burst,
+      observe: () => {
+        const t = tenant();
+        Object.assign(t, { seen: now, weight: fair.weight, reserve: fair.reservePerMs });
+        if (!ok && !borrowing && t.waitingSince === 0) t.waitingSince = now;
+        keep();
+      },
+      commit: () => {
+        const t = tenant();
+        state.global = { level: global.level + 1, at: now };
+        if (!borrowing) t.bucket = { level: own.level + 1, at: now };
+        t.waitingSince = 0;
+        keep();
+      },
+    };
+  }
+
+  private quota(rule: StoreRule, key: string, now: number): Evaluation {
+    const period = Math.floor(now / rule.periodMs);
+    const periodKey = `${key}:${period}`;
+    const end = (period + 1) * rule.periodMs;
+    const entry = this.live(periodKey, now);
+    const used = entry?.kind === 'quota' ? entry.count : 0;
+    const ok = used + 1 <= rule.limit;
+    return {
+      outcome: outcome(ok, ok ? 0 : end - now, rule.limit - used - (ok ? 1 : 0), end - now),
+      load: used / rule.limit,
+      commit: () => this.entries.set(periodKey, { kind: 'quota', count: used + 1, expires: end + QUOTA_GRACE_MS }),
+    };
+  }
+
+  private concurrency(rule: StoreRule, key: string, now: number, request: DecideRequest): Evaluation {
+    const entry = this.live(key, now);
+    const leases = entry?.kind === 'concurrency' ? entry.leases : new Map<string, number>();
+    for (const [id, expires] of leases) if (expires <= now) leases.delete(id);
+    const ok = leases.size + 1 <= rule.limit;
+    return {
+      outcome: outcome(ok, 0, rule.limit - leases.size - (ok ? 1 : 0), 0),
+      load: leases.size / rule.limit,
+      commit: () => {
+        const expires = now + request.leaseTtlMs;
+        leases.set(request.lease, expires);
+        this.entries.set(key, { kind: 'concurrency', leases, expires: Math.max(expires, entry?.expires ?? 0) });
+      },
+    };
+  }
+}
+
+function outcome(ok: boolean, waitMs: number, remaining: number, resetMs: number): RuleOutcome {
+  return { ok, waitMs: ok ? 0 : waitMs, remaining: Math.max(0, remaining), resetMs };
+}
+
+/** A candidate's verdict over all its rules; shadow rules never refuse. */
+function score(rules: readonly StoreRule[], evaluations: readonly Evaluation[]): CandidateScore {
+  let ok = true;
+  let load = 0;
+  let waitMs = 0;
+  rules.forEach((rule, i) => {
+    if (rule.shadow) return;
+    const { outcome: o, load: l } = evaluations[i]!;
+    if (rule.keys.length > 1) load = Math.max(load, l);
+    if (!o.ok) {
+      ok = false;
+      waitMs = Math.max(waitMs, rule.kind === 'concurrency' ? CONCURRENCY_WAIT_HINT_MS : o.waitMs);
+    }
+  });
+  return { ok, load, waitMs };
+}
+
+/** A tenant silent for several windows is no longer active, and its bucket has long drained. */
+function forgetIdleTenants(state: FairState, now: number, window: number): void {
+  for (const [name, t] of state.tenants) if (now - t.seen > FAIR_STATE_WINDOWS * window) state.tenants.delete(name);
+}

@@ -1,0 +1,124 @@
+/**
+ * Redis for tests. `sharedRedis()` is the machine's Redis on 127.0.0.1:6379 with a key prefix of
+ * the test's own (removed afterwards); in CI (CI=true) a missing Redis fails the test, it never
+ * skips. `ownRedis()` starts a private redis-server on a free port, for tests that kill it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+
+export const SHARED_REDIS_URL = 'redis://127.0.0.1:6379';
+
+export interface TestRedis {
+  url: string;
+  prefix: string;
+  client: Redis;
+  /** Every key under the prefix. */
+  keys(): Promise<string[]>;
+  /** Deletes the prefix's keys and disconnects. */
+  cleanup(): Promise<void>;
+}
+
+/** Whether the shared Redis answers; throws in CI when it does not. */
+export async function redisAvailable(): Promise<boolean> {
+  const client = new Redis(SHARED_REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.ping();
+    return true;
+  } catch (err) {
+    if (process.env.CI === 'true') throw new Error(`CI needs Redis on 127.0.0.1:6379: ${String(err)}`);
+    return false;
+  } finally {
+    client.disconnect();
+  }
+}
+
+export async function sharedRedis(): Promise<TestRedis> {
+  const prefix = `sluice-test-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const client = new Redis(SHARED_REDIS_URL, { maxRetriesPerRequest: 1 });
+  const keys = async () => {
+    const found: string[] = [];
+    let cursor = '0';
+    do {
+      const [next, batch] = await client.scan(cursor, 'MATCH', `*${prefix}*`, 'COUNT', 1000);
+      found.push(...batch);
+      cursor = next;
+    } while (cursor !== '0');
+    return found;
+  };
+  return {
+    url: SHARED_REDIS_URL,
+    prefix,
+    client,
+    keys,
+    cleanup: async () => {
+      const left = await keys();
+      if (left.length > 0) await client.del(...left);
+      client.disconnect();
+    },
+  };
+}
+
+export interface OwnRedis {
+  url: string;
+  port: number;
+  /** Starts it unless it runs. */
+  start(): Promise<void>;
+  /** SIGKILL: the way a crashed Redis goes. */
+  kill(): Promise<void>;
+  pid(): number;
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as { port: number };
+  server.close();
+  return port;
+}
+
+export async function ownRedis(): Promise<OwnRedis> {
+  const port = await freePort();
+  let child: ChildProcess | undefined;
+  const own: OwnRedis = {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    async start() {
+      if (child && child.exitCode === null && child.signalCode === null) return;
+      child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+        stdio: 'ignore',
+      });
+      for (let i = 0; i < 100; i++) {
+        const client = new Redis(own.url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+        client.on('error', () => undefined);
+        try {
+          await client.connect();
+          await client.ping();
+          return;
+        } catch {
+          await sleep(50);
+        } finally {
+          client.disconnect();
+        }
+      }
+      throw new Error(`redis-server did not start on port ${port}`);
+    },
+    pid() {
+      if (child?.pid === undefined) throw new Error('redis-server is not running');
+      return child.pid;
+    },
+    async kill() {
+      if (!child || child.exitCode !== null || child.signalCode !== null) return;
+      const exited = once(child, 'exit');
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+  await own.start();
+  return own;
+}
