@@ -8,11 +8,13 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DestinationStream } from 'pino';
 import { ConfigError, isLoopback, loadConfigFile, type LoadedConfig } from './config/load.js';
+import { Limiter } from './limits/admit.js';
 import { watchConfig, type ConfigWatcher } from './config/watch.js';
 import { adminRoutes, createAdminServer, type Readiness } from './observability/admin.js';
 import { createLogger, SecretScrubber, type Logger } from './observability/logger.js';
 import { Policy } from './policy.js';
 import { createProxyServer, type ProxyContext } from './proxy/server.js';
+import { openStore } from './store/open.js';
 import { PoolRegistry } from './upstream/pools.js';
 
 export interface GatewayOptions {
@@ -30,6 +32,8 @@ export class Gateway implements ProxyContext {
   policy: Policy;
   draining = false;
   readonly logger: Logger;
+  readonly limiter: Limiter;
+  private readonly storeConnected: Promise<void>;
   private readonly scrubber: SecretScrubber;
   private readonly pools: PoolRegistry;
   private readonly options: GatewayOptions;
@@ -50,6 +54,9 @@ export class Gateway implements ProxyContext {
       ...(options.logDestination ? { destination: options.logDestination } : {}),
     });
     for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
+    const opened = openStore(loaded.config.store, this.logger);
+    this.storeConnected = opened.connected;
+    this.limiter = new Limiter(opened.store, loaded.config.store.leaseTtl);
     this.proxyServer = createProxyServer(this, loaded.config.listen);
     this.adminServer = createAdminServer(adminRoutes({ readiness: () => this.readiness() }));
   }
@@ -60,12 +67,13 @@ export class Gateway implements ProxyContext {
     const gateway = new Gateway(loaded, options);
     const { listen } = loaded.config;
     try {
+      await gateway.storeConnected;
       await listenOn(gateway.proxyServer, listen.proxy.host, listen.proxy.port);
       await listenOn(gateway.adminServer, listen.admin.host, listen.admin.port);
     } catch (err) {
       gateway.proxyServer.close();
       gateway.adminServer.close();
-      await gateway.pools.close();
+      await Promise.all([gateway.pools.close(), gateway.limiter.close()]);
       throw err;
     }
     if (options.watch ?? true) {
@@ -172,7 +180,7 @@ export class Gateway implements ProxyContext {
     }
     this.adminServer.close();
     this.adminServer.closeAllConnections();
-    await this.pools.close();
+    await Promise.all([this.pools.close(), this.limiter.close()]);
     this.logger.info('stopped');
     // Bounded: with stdout gone (a closed pipe) a flush would never call back.
     await new Promise<void>((resolve) => this.logger.flush(() => resolve()));

@@ -8,6 +8,7 @@ import type { LoadedConfig } from './config/load.js';
 import type { Config, UpstreamConfig } from './config/schema.js';
 import { credentialProvider, credentialSecrets, type CredentialProvider } from './credentials/inject.js';
 import { GatewayError } from './errors.js';
+import { UpstreamLimits } from './limits/rules.js';
 import type { Intake } from './proxy/intake.js';
 import { Router } from './routing/router.js';
 import { TenantDirectory } from './tenants/identify.js';
@@ -27,12 +28,15 @@ export interface UpstreamProfile {
   readonly headersTimeoutMs: number;
   readonly bodyIdleTimeoutMs: number;
   readonly maxBodySize: number;
+  readonly limits: UpstreamLimits;
 }
 
 export interface Route {
   upstream: UpstreamProfile;
   /** Path and query to send upstream. */
   path: string;
+  /** The path limit rules match: as the upstream API names it, without the target's base path or the query. */
+  rulePath: string;
 }
 
 export class Policy {
@@ -72,11 +76,11 @@ export class Policy {
   route(target: Intake): Route {
     if (target.form === 'proxy') {
       const upstream = this.router.byHost(target.host);
-      if (upstream) return { upstream, path: upstream.basePath + target.path };
+      if (upstream) return { upstream, path: upstream.basePath + target.path, rulePath: withoutQuery(target.path) };
       throw new GatewayError('destination_not_allowed', `no upstream is configured for host "${target.host}"`);
     }
     const match = this.router.byPrefix(target.path);
-    if (match) return { upstream: match.upstream, path: match.upstream.basePath + match.rest };
+    if (match) return { upstream: match.upstream, path: match.upstream.basePath + match.rest, rulePath: withoutQuery(match.rest) };
     throw new GatewayError('destination_not_allowed', 'no upstream is configured for this path prefix');
   }
 }
@@ -100,5 +104,11 @@ function upstreamProfile(
     headersTimeoutMs: up.timeouts.headers,
     bodyIdleTimeoutMs: up.timeouts.bodyIdle,
     maxBodySize: up.maxBodySize ?? config.listen.maxBodySize,
+    limits: new UpstreamLimits(name, up, config.store.prefix),
   };
+}
+
+function withoutQuery(path: string): string {
+  const query = path.indexOf('?');
+  return query < 0 ? path : path.slice(0, query);
 }

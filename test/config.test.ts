@@ -59,7 +59,7 @@ describe('valid configs', () => {
     const a = config.upstreams.a!;
     expect(a.limits[0]!.rate).toEqual({ count: 100, periodMs: 60_000, text: '100/min' });
     expect(a.limits[1]!.quota?.periodMs).toBe(86_400_000);
-    expect(a.onLimit).toEqual({ queue: 2000 });
+    expect(a.onLimit).toEqual({ queue: 2000, maxQueue: 1000 });
     expect(a.maxBodySize).toBe(1024 * 1024);
     expect(a.timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000 });
     expect(config.listen.proxy).toEqual({ host: '127.0.0.1', port: 8080 });

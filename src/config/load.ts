@@ -93,11 +93,8 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   }
   if (problems.length > 0 || !parsed.success) throw new ConfigError(problems.sort(byLine));
 
-  for (const [name, up] of Object.entries(parsed.data.upstreams)) {
-    const pending: string[] = [
-      ...['limits', 'breaker', 'retry'].filter((key) => doc.hasIn(['upstreams', name, key])),
-      ...(typeof up.onLimit === 'object' ? ['onLimit.queue'] : []),
-    ];
+  for (const name of Object.keys(parsed.data.upstreams)) {
+    const pending = ['breaker', 'retry'].filter((key) => doc.hasIn(['upstreams', name, key]));
     if (pending.length > 0) {
       warnings.push(at(['upstreams', name], `${pending.join(', ')}: validated, but not enforced by this version of the gateway`));
     }
@@ -180,6 +177,13 @@ function crossChecks(config: Config, at: At): string[] {
       ruleNames.add(rule.name);
       for (const tenant of Object.keys(rule.reserve ?? {})) {
         if (!config.tenants?.[tenant]) problems.push(at(['upstreams', name, 'limits', i, 'reserve', tenant], 'is not a tenant'));
+      }
+      const reserved = Object.values(rule.reserve ?? {}).reduce((sum, r) => sum + r.count / r.periodMs, 0);
+      if (rule.rate && reserved > rule.rate.count / rule.rate.periodMs + 1e-12) {
+        problems.push(at(['upstreams', name, 'limits', i, 'reserve'], `adds up to more than the rate (${rule.rate.text})`));
+      }
+      if (rule.per === 'credential' && up.credentials === undefined) {
+        problems.push(at(['upstreams', name, 'limits', i, 'per'], 'per: credential needs credentials on the upstream'));
       }
     });
   }

@@ -89,7 +89,13 @@ const methodList = z
   .union([z.string(), z.array(z.string())])
   .transform((m) => (Array.isArray(m) ? m : [m]).map((x) => x.toUpperCase()));
 
-const ruleMatch = z.strictObject({ method: methodList.optional(), path: z.string().startsWith('/').optional() });
+const ruleMatch = z.strictObject({
+  method: methodList.optional(),
+  path: z.string().regex(/^\/[^\s?#]*$/, 'must be a path starting with "/" ("*" matches within a segment, "**" across segments), without a query').optional(),
+});
+
+/** enforce: refuse past the limit; shadow: evaluate and report (logs, headers) but never refuse. */
+const mode = z.enum(['enforce', 'shadow']);
 
 const limitRule = z
   .strictObject({
@@ -102,6 +108,7 @@ const limitRule = z
     per: z.enum(['upstream', 'credential', 'tenant']).default('upstream'),
     share: z.enum(['fair']).optional(),
     reserve: z.record(z.string(), rate).optional(),
+    mode: mode.optional(),
   })
   .superRefine((rule, ctx) => {
     const kinds = (['rate', 'concurrency', 'quota'] as const).filter((k) => rule[k] !== undefined);
@@ -110,6 +117,15 @@ const limitRule = z
     }
     if (rule.burst !== undefined && rule.rate === undefined) {
       ctx.addIssue({ code: 'custom', path: ['burst'], message: 'goes with rate' });
+    }
+    if (rule.share !== undefined && rule.rate === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['share'], message: 'applies to rate rules' });
+    }
+    if (rule.share !== undefined && rule.per === 'tenant') {
+      ctx.addIssue({ code: 'custom', path: ['share'], message: 'has nothing to share with per: tenant (every tenant has its own limit)' });
+    }
+    if (rule.reserve !== undefined && rule.share === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['reserve'], message: 'goes with share: fair' });
     }
   });
 
@@ -152,8 +168,12 @@ const upstream = z
     credentials: credentials.optional(),
     limits: z.array(limitRule).default([]),
     onLimit: z
-      .union([z.literal('reject'), z.strictObject({ queue: duration })])
+      .union([
+        z.literal('reject'),
+        z.strictObject({ queue: duration, maxQueue: z.number().int().positive().default(1000) }),
+      ])
       .default('reject'),
+    mode: mode.default('enforce'),
     breaker: z
       .strictObject({
         failures: z.number().int().positive().optional(),
@@ -203,10 +223,16 @@ export const configSchema = z.strictObject({
   store: z
     .strictObject({
       type: z.enum(['memory', 'redis']).default('memory'),
-      url: z.string().optional(),
+      url: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
       onError: z.enum(['local', 'deny', 'allow']).default('local'),
+      prefix: z.string().regex(/^[A-Za-z0-9_.:-]+$/, 'must be letters, digits, "_", ".", ":" or "-"').default('sluice'),
+      timeout: duration.default(250),
+      leaseTtl: duration.default(30_000),
     })
-    .prefault({}),
+    .prefault({})
+    .refine((s) => s.type !== 'redis' || s.url !== undefined, { message: 'type redis needs url', path: ['url'] })
+    .refine((s) => s.timeout > 0, { message: 'must be more than 0', path: ['timeout'] })
+    .refine((s) => s.leaseTtl >= 3_000, { message: 'must be at least 3s (leases are renewed every third of it)', path: ['leaseTtl'] }),
   tls: z
     .strictObject({ caDir: z.string().default('./.sluice/ca'), caCert: z.string().optional(), caKey: z.string().optional() })
     .prefault({}),
@@ -219,4 +245,6 @@ export const configSchema = z.strictObject({
 
 export type Config = z.output<typeof configSchema>;
 export type UpstreamConfig = Config['upstreams'][string];
+export type LimitRuleConfig = UpstreamConfig['limits'][number];
+export type StoreConfig = Config['store'];
 export type CredentialsConfig = NonNullable<UpstreamConfig['credentials']>;

@@ -12,8 +12,11 @@ export interface Credential {
 }
 
 export interface CredentialProvider {
-  /** The credential for one request; throws a GatewayError when none can be had. */
-  next(): Credential;
+  /**
+   * The credential for one request; throws a GatewayError when none can be had. `index` picks a
+   * pool member (the one the limits chose, per: credential).
+   */
+  next(index?: number): Credential;
 }
 
 function fixed(header: string, value: string): CredentialProvider {
@@ -25,11 +28,14 @@ function formatted(format: string | undefined, token: string): string {
   return format === undefined ? token : format.replaceAll('{token}', token);
 }
 
-/** Until per-credential limits arrive, a pool hands out its tokens in turn. */
-function roundRobin(header: string, values: string[]): CredentialProvider {
+/**
+ * A pool: the member the limits chose (the least loaded with room, when a rule counts per
+ * credential), or its members in turn when no rule does.
+ */
+function pool(header: string, values: string[]): CredentialProvider {
   const credentials = values.map((value) => ({ header: header.toLowerCase(), value }));
   let turn = 0;
-  return { next: () => credentials[turn++ % credentials.length]! };
+  return { next: (index) => credentials[index ?? turn++ % credentials.length]! };
 }
 
 export function credentialProvider(upstream: string, config: CredentialsConfig | undefined): CredentialProvider | undefined {
@@ -41,7 +47,7 @@ export function credentialProvider(upstream: string, config: CredentialsConfig |
     case 'header':
       return fixed(config.header, formatted(config.format, config.value));
     case 'pool':
-      return roundRobin(config.header, config.tokens.map((t) => formatted(config.format, t)));
+      return pool(config.header, config.tokens.map((t) => formatted(config.format, t)));
     case 'oauth2':
       return {
         next: () => {

@@ -1,18 +1,22 @@
 /**
  * One request's path through the gateway, in order:
  *
- *   intake → identify → route → authorize → forward → log
+ *   intake → identify → route → admit → authorize → forward → log
  *
  * Each stage is a small function that either returns what the next one needs or throws a
- * GatewayError; refusals are rendered in one place (respond.ts) and every request, refused or
- * not, ends in exactly one log line.
+ * GatewayError (admit returns its refusal as a value, which becomes one here); refusals are
+ * rendered in one place (respond.ts) and every request, refused or not, ends in exactly one log line.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Credential } from '../credentials/inject.js';
 import { GatewayError } from '../errors.js';
+import type { Admission, Limiter } from '../limits/admit.js';
+import { priorityRank, QueueAbortedError } from '../limits/queue.js';
+import type { Refusal } from '../limits/verdict.js';
 import { loggablePath, type Logger } from '../observability/logger.js';
 import type { Policy, UpstreamProfile } from '../policy.js';
+import type { Tenant } from '../tenants/identify.js';
 import { ClientGoneError, forward } from '../upstream/forward.js';
 import { upstreamRequestHeaders } from '../upstream/headers.js';
 import { requestBody } from './body.js';
@@ -23,6 +27,7 @@ export interface PipelineContext {
   /** The policy in force; read once per request so that a reload never splits one. */
   readonly policy: Policy;
   readonly logger: Logger;
+  readonly limiter: Limiter;
 }
 
 /** What the request's log line says; filled in as the stages learn it. */
@@ -32,6 +37,10 @@ interface RequestRecord {
   tenant?: string;
   upstream?: string;
   error?: string;
+  /** The limit rule that refused, or the shadow rules that would have. */
+  limit?: string;
+  shadowLimited?: string[];
+  queuedMs?: number;
   /** The client left before its response was complete. */
   clientGone: boolean;
   /** When the request was sent upstream; upstream time runs from here to the end of the response. */
@@ -48,9 +57,10 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     record.path = loggablePath(target.path);
     const tenant = policy.tenants.identify(req.headers, target.form);
     record.tenant = tenant.name;
-    const { upstream, path } = policy.route(target);
+    const { upstream, path, rulePath } = policy.route(target);
     record.upstream = upstream.name;
-    const credential = authorize(upstream);
+    const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record);
+    const credential = authorize(upstream, admission.credential);
     const body = requestBody(req, upstream.maxBodySize, upstream.name);
     // Every check passed: now the client may send the body it is holding back (server.ts).
     if (req.headers.expect?.toLowerCase() === '100-continue' && req.httpVersionMinor >= 1) res.writeContinue();
@@ -70,12 +80,14 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
         body,
         headersTimeoutMs: upstream.headersTimeoutMs,
         bodyTimeoutMs: upstream.bodyIdleTimeoutMs,
+        responseHeaders: admission.headers,
       },
       res,
     );
   } catch (err) {
-    if (err instanceof ClientGoneError || req.socket.destroyed) {
-      record.clientGone = true; // nobody left to answer
+    if (err instanceof ClientGoneError || err instanceof QueueAbortedError || req.socket.destroyed) {
+      record.clientGone = true; // nobody left to answer; a half-closed connection is not kept waiting
+      res.destroy();
     } else {
       const failure = asGatewayError(err);
       record.error = failure.code;
@@ -89,13 +101,56 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
   else res.once('close', log);
 }
 
-function authorize(upstream: UpstreamProfile): Credential | undefined {
+/**
+ * Decides every limit rule of the request at once; a queued request waits here. The admission's
+ * leases are released when the response is done with, however it ends.
+ */
+async function admit(
+  limiter: Limiter,
+  req: IncomingMessage,
+  res: ServerResponse,
+  upstream: UpstreamProfile,
+  tenant: Tenant,
+  path: string,
+  record: RequestRecord,
+): Promise<Admission> {
+  const clientGone = new AbortController();
+  const onClose = () => clientGone.abort();
+  res.once('close', onClose);
+  const verdict = await limiter
+    .admit({ limits: upstream.limits, tenant, method: record.method, path, rank: priorityRank(req.headers['x-sluice-priority']), signal: clientGone.signal })
+    .finally(() => res.off('close', onClose));
+  if (!verdict.admitted) {
+    record.limit = verdict.rule.name;
+    throw refusalError(verdict, upstream, tenant);
+  }
+  if (verdict.queuedMs > 0) record.queuedMs = round(verdict.queuedMs);
+  if (verdict.shadowLimited.length > 0) record.shadowLimited = verdict.shadowLimited;
+  if (res.closed) verdict.release();
+  else res.once('close', verdict.release);
+  return verdict;
+}
+
+function refusalError(refusal: Refusal, upstream: UpstreamProfile, tenant: Tenant): GatewayError {
+  const message =
+    refusal.code === 'queue_full'
+      ? `the queue for upstream "${upstream.name}" is full`
+      : `limit "${refusal.rule.name}" of upstream "${upstream.name}" reached`;
+  return new GatewayError(refusal.code, message, {
+    upstream: upstream.name,
+    tenant: tenant.name,
+    retryAfterMs: refusal.retryAfterMs,
+    headers: refusal.headers,
+  });
+}
+
+function authorize(upstream: UpstreamProfile, poolMember: number | undefined): Credential | undefined {
   if (upstream.credentialsMissing) {
     throw new GatewayError('credentials_missing', 'the gateway has no credentials configured for this upstream', {
       upstream: upstream.name,
     });
   }
-  return upstream.credentials?.next();
+  return upstream.credentials?.next(poolMember);
 }
 
 /** The log line for a request refused before the pipeline could take it (CONNECT, Expect). */
@@ -115,6 +170,9 @@ function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, 
       // 499: the client closed the connection before the response was complete (nginx's convention).
       status: record.clientGone ? 499 : res.statusCode,
       error: record.error,
+      limit: record.limit,
+      shadowLimited: record.shadowLimited,
+      queuedMs: record.queuedMs,
       upstreamMs: upstreamMs === undefined ? undefined : round(upstreamMs),
       gatewayMs: round(now - startedAt - (upstreamMs ?? 0)),
     },

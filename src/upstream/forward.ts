@@ -22,6 +22,8 @@ export interface UpstreamRequest {
   body: Readable | null;
   headersTimeoutMs: number;
   bodyTimeoutMs: number;
+  /** Headers of the gateway's own added to the response (RateLimit); they replace the upstream's of that name. */
+  responseHeaders: Record<string, string>;
 }
 
 /** The client went away: the upstream request is abandoned and nobody is left to answer. */
@@ -38,7 +40,7 @@ export class ClientGoneError extends Error {
  */
 export function forward(request: UpstreamRequest, res: ServerResponse): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    const relay = new ResponseRelay(res, request.upstream, resolve, reject);
+    const relay = new ResponseRelay(res, request, resolve, reject);
     res.once('close', relay.onClientClose);
     request.dispatcher.dispatch(
       {
@@ -60,7 +62,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
 
   constructor(
     private readonly res: ServerResponse,
-    private readonly upstream: string,
+    private readonly request: UpstreamRequest,
     private readonly resolve: () => void,
     private readonly reject: (err: Error) => void,
   ) {}
@@ -72,7 +74,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[]>): void {
     if (statusCode < 200) return; // 1xx informational: Node speaks for itself (100 Continue)
-    this.res.writeHead(statusCode, clientResponseHeaders(headers));
+    this.res.writeHead(statusCode, { ...clientResponseHeaders(headers), ...this.request.responseHeaders });
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -88,7 +90,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
-    this.settle(err instanceof ClientGoneError ? err : upstreamFailure(err, this.upstream));
+    this.settle(err instanceof ClientGoneError ? err : upstreamFailure(err, this.request.upstream));
   }
 
   /** Bound: the ServerResponse's 'close' listener. */

@@ -1,0 +1,141 @@
+/**
+ * store.onError: what the gateway does while the shared store (Redis) cannot answer.
+ *   local: keep enforcing, in memory, this instance's share of every limit (the limit divided by
+ *          the number of instances last seen in Redis); counted per instance until Redis is back.
+ *   deny:  refuse with 503 store_unavailable.
+ *   allow: let requests through unlimited.
+ * A failure is logged once when it starts (error) and once when it ends (info), with the count of
+ * decisions taken without Redis. While degraded, one request per PROBE_EVERY_MS asks Redis again,
+ * so a hung Redis costs at most one store timeout per probe, never one per request.
+ */
+import { GatewayError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import { MemoryStore } from './memory.js';
+import {
+  StoreUnavailableError,
+  type DecideRequest,
+  type Lease,
+  type LimitStore,
+  type StoreDecision,
+  type StoreRule,
+} from './store.js';
+
+export type OnStoreError = 'local' | 'deny' | 'allow';
+
+/** A store shared by several instances. */
+export interface SharedStore extends LimitStore {
+  /** Instances seen recently (this one included). */
+  instances(): number;
+}
+
+const PROBE_EVERY_MS = 1_000;
+
+export class ResilientStore implements LimitStore {
+  private readonly local = new MemoryStore();
+  private readonly localLeases = new Set<string>();
+  private degradedSince: number | undefined;
+  private degradedDecisions = 0;
+  private lastProbe = 0;
+  private readonly scaled = new WeakMap<readonly StoreRule[], { share: number; rules: StoreRule[] }>();
+
+  constructor(
+    private readonly shared: SharedStore,
+    private readonly onError: OnStoreError,
+    private readonly logger: Logger,
+  ) {}
+
+  /** undefined while the shared store answers; else since when (ms epoch) it has not. */
+  get degraded(): number | undefined {
+    return this.degradedSince;
+  }
+
+  async decide(request: DecideRequest): Promise<StoreDecision> {
+    if (this.degradedSince === undefined || this.probeDue()) {
+      try {
+        const decision = await this.shared.decide(request);
+        if (this.degradedSince !== undefined) this.recovered();
+        return decision;
+      } catch (err) {
+        if (!(err instanceof StoreUnavailableError)) throw err;
+        if (this.degradedSince === undefined) this.failed(err);
+      }
+    }
+    this.degradedDecisions++;
+    switch (this.onError) {
+      case 'deny':
+        throw new GatewayError('store_unavailable', 'the shared limit store cannot be reached; try again shortly', {
+          retryAfterMs: PROBE_EVERY_MS,
+        });
+      case 'allow':
+        return {
+          admitted: true,
+          candidate: 0,
+          outcomes: request.rules.map((rule) => ({ ok: true, waitMs: 0, remaining: rule.limit, resetMs: 0 })),
+        };
+      case 'local':
+        this.localLeases.add(request.lease);
+        return this.local.decide({ ...request, rules: this.share(request.rules) });
+    }
+  }
+
+  async release(leases: readonly Lease[]): Promise<void> {
+    const [local, shared] = this.split(leases);
+    for (const lease of local) this.localLeases.delete(lease.id);
+    await Promise.all([this.local.release(local), this.shared.release(shared)]);
+  }
+
+  async renew(leases: readonly Lease[], ttlMs: number): Promise<void> {
+    const [local, shared] = this.split(leases);
+    await Promise.all([this.local.renew(local, ttlMs), this.shared.renew(shared, ttlMs)]);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.local.close(), this.shared.close()]);
+  }
+
+  private split(leases: readonly Lease[]): [Lease[], Lease[]] {
+    const local: Lease[] = [];
+    const shared: Lease[] = [];
+    for (const lease of leases) (this.localLeases.has(lease.id) ? local : shared).push(lease);
+    return [local, shared];
+  }
+
+  private probeDue(): boolean {
+    const now = Date.now();
+    if (now - this.lastProbe < PROBE_EVERY_MS) return false;
+    this.lastProbe = now;
+    return true;
+  }
+
+  private failed(err: StoreUnavailableError): void {
+    this.degradedSince = Date.now();
+    this.lastProbe = this.degradedSince;
+    this.degradedDecisions = 0;
+    const consequence = {
+      local: `enforcing this instance's share (1/${this.shared.instances()}) of every limit in memory`,
+      deny: 'refusing limited requests with 503 store_unavailable',
+      allow: 'letting requests through without limits',
+    }[this.onError];
+    this.logger.error({ err: err.message, onError: this.onError }, `limit store unavailable: ${consequence} until it is back`);
+  }
+
+  private recovered(): void {
+    const downMs = Date.now() - this.degradedSince!;
+    this.logger.info({ downMs, decisionsWithoutStore: this.degradedDecisions }, 'limit store is back; limits are shared again');
+    this.degradedSince = undefined;
+  }
+
+  /** This instance's part of each limit, while it cannot coordinate with the others. */
+  private share(rules: readonly StoreRule[]): StoreRule[] {
+    const instances = Math.max(1, this.shared.instances());
+    const cached = this.scaled.get(rules);
+    if (cached && cached.share === instances) return cached.rules;
+    const scaled = rules.map((rule) => ({
+      ...rule,
+      limit: rule.kind === 'rate' ? rule.limit / instances : Math.max(1, Math.floor(rule.limit / instances)),
+      burst: Math.max(1, Math.floor(rule.burst / instances)),
+    }));
+    this.scaled.set(rules, { share: instances, rules: scaled });
+    return scaled;
+  }
+}
