@@ -1,6 +1,7 @@
 import { connect } from 'node:net';
-import { Client } from 'undici';
+import { Agent, Client, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startGateway, testConfig } from './helpers/gateway.js';
 import { spawnGateway, type GatewayProcess } from './helpers/process.js';
 import { configWithListen } from './helpers/raw.js';
 import { startUpstream, type FakeUpstream } from './helpers/upstream.js';
@@ -121,5 +122,22 @@ describe('graceful shutdown on SIGTERM', () => {
     gw.child.kill('SIGTERM');
     expect(await gw.exited).toBe(0);
     expect(Date.now() - started).toBeLessThan(4_000);
+  });
+});
+
+describe('drain after a client aborted a request', () => {
+  it('closes idle keep-alive connections at once (Node alone would wait for their clients)', async () => {
+    const gw = await startGateway(testConfig(upstreams()));
+    const agent = new Agent({ keepAliveTimeout: 60_000 });
+    const gone = new AbortController();
+    const aborted = request(`${gw.proxyUrl}/plain/slow/300`, { headers: KEY, dispatcher: agent, signal: gone.signal }).catch(() => 'aborted');
+    await new Promise((r) => setTimeout(r, 50));
+    gone.abort();
+    expect(await aborted).toBe('aborted');
+    await (await request(`${gw.proxyUrl}/plain/x`, { headers: KEY, dispatcher: agent })).body.text();
+    const started = performance.now();
+    await gw.close();
+    expect(performance.now() - started).toBeLessThan(1_000);
+    await agent.close();
   });
 });

@@ -34,7 +34,9 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
     },
     handle,
   );
+  const closeIdle = trackIdleConnections(server);
   function handle(req: IncomingMessage, res: ServerResponse): void {
+    closeIdle.busy(res);
     if (ctx.draining) res.setHeader('connection', 'close');
     handleRequest(ctx, req, res).catch((err: unknown) => {
       ctx.logger.error({ err }, 'request handler failed');
@@ -72,7 +74,43 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
     logRefusal(ctx.logger, req, err);
     respondOnSocket(socket, err);
   });
+  const closeIdleByNode = server.closeIdleConnections.bind(server);
+  server.closeIdleConnections = () => {
+    closeIdleByNode();
+    closeIdle.run();
+  };
   return server;
+}
+
+/**
+ * Node's own closeIdleConnections() misses connections after a client aborted a request on
+ * another connection (Node 20: a reused parser keeps the aborted request's start mark), so a
+ * drain would wait on idle keep-alive connections until their clients close them. We also close,
+ * ourselves, every connection with no request in progress that has sent nothing since its last
+ * response (one in the middle of sending a request is left alone).
+ */
+function trackIdleConnections(server: Server): { busy(res: ServerResponse): void; run(): void } {
+  /** Per open connection: requests in progress, and the bytes it had sent when the last one ended. */
+  const open = new Map<Socket, { active: number; readAtRest: number }>();
+  server.on('connection', (socket: Socket) => {
+    open.set(socket, { active: 0, readAtRest: 0 });
+    socket.once('close', () => open.delete(socket));
+  });
+  return {
+    busy(res) {
+      const socket = res.socket as Socket | null;
+      const state = socket ? open.get(socket) : undefined;
+      if (!socket || !state) return;
+      state.active++;
+      res.once('close', () => {
+        state.active--;
+        state.readAtRest = socket.bytesRead;
+      });
+    },
+    run() {
+      for (const [socket, state] of open) if (state.active === 0 && socket.bytesRead === state.readAtRest) socket.destroy();
+    },
+  };
 }
 
 function clientErrorFor(err: NodeJS.ErrnoException): GatewayError {
