@@ -87,6 +87,18 @@ describe('three gateways sharing Redis', () => {
     expect(results.flatMap((r) => r.retryAfterMs).every((ms) => ms > 0 && ms <= 86_400_000)).toBe(true);
   });
 
+  it("answer with a Retry-After that holds on every instance", async () => {
+    const [one, two, three] = await start(3, config('      - { name: calls, rate: 2/s }'));
+    expect((await get(one!)).status).toBe(200);
+    const refused = await get(two!);
+    expect(refused.status).toBe(429);
+    const waitMs = refused.body.retryAfterMs as number;
+    expect(waitMs).toBeGreaterThan(400);
+    expect(waitMs).toBeLessThanOrEqual(500);
+    await sleep(waitMs);
+    expect((await get(three!)).status).toBe(200);
+  });
+
   it('let idle keys expire', async () => {
     const [gw] = await start(1, config('      - { name: quick, rate: 50/s, burst: 5 }\n      - { name: inflight, concurrency: 2 }'));
     for (let i = 0; i < 5; i++) expect((await get(gw!)).status).toBe(200);

@@ -107,6 +107,24 @@ describe('rate', () => {
   });
 });
 
+describe('per: credential', () => {
+  it('gives each pool token its own limit and sends each request on the least-loaded token with room', async () => {
+    gw = await startGateway(
+      testConfig(`  api:
+    match: { prefix: /api }
+    target: ${upstream.url}
+    credentials: { type: pool, header: X-BLToken, tokens: [token-one, token-two, token-three] }
+    limits:
+      - { name: per-token, rate: 2/min, burst: 2, per: credential }`),
+    );
+    const statuses = [];
+    for (let i = 0; i < 7; i++) statuses.push((await get('/api/x')).status);
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 200, 429]);
+    // Least loaded first: the three tokens in turn, then each a second time.
+    expect(upstream.arrivals.map((a) => a.key)).toEqual(['token-one', 'token-two', 'token-three', 'token-one', 'token-two', 'token-three']);
+  });
+});
+
 describe('concurrency', () => {
   it('never has more in flight upstream than the limit', async () => {
     gw = await startGateway(limited('      - { name: inflight, concurrency: 3 }'));
