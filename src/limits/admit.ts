@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Tenant } from '../tenants/identify.js';
 import type { Lease, LimitStore, StoreDecision } from '../store/store.js';
-import { QueueAbortedError, WaitQueue, type Attempt } from './queue.js';
+import { WaitQueue, type Attempt } from './queue.js';
 import type { RuleSet, UpstreamLimits } from './rules.js';
 import { refusalOf, reportOf, type Refusal } from './verdict.js';
 
@@ -47,8 +47,6 @@ const NO_LIMITS: Admission = {
   queuedMs: 0,
   release: () => undefined,
 };
-
-export { QueueAbortedError };
 
 export class Limiter {
   private readonly queue = new WaitQueue<Verdict>((verdict) => verdict.admitted && verdict.release());
