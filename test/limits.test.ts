@@ -52,8 +52,8 @@ describe('rate', () => {
     const result = await drive({ gatewayUrl: gw.proxyUrl, path: '/api/x', ...ACME, concurrency: 8, durationMs: 2_000 });
     const times = upstream.arrivals.map((a) => a.at);
     expect(result.refused).toBeGreaterThan(0);
-    expect(rateViolations(times, { count: 20, periodMs: 1_000, burst: 2 })).toBe(0);
-    expect(utilisation(times, { count: 20, periodMs: 1_000, burst: 2 }, started, started + 2_000)).toBeGreaterThan(0.9);
+    expect(rateViolations(times, { count: 20, periodMs: 1_000, burst: 2 }), 'violations').toBe(0);
+    expect(utilisation(times, { count: 20, periodMs: 1_000, burst: 2 }, started, started + 2_000), 'utilisation').toBeGreaterThan(0.9);
   });
 
   it('refuses with 429, an exact Retry-After, the RateLimit headers and the rule name', async () => {

@@ -77,13 +77,14 @@ export class Limiter {
     if (first.admitted || !onLimit) return first.value;
 
     const refusal = first.value as Refusal;
-    if (this.queue.size >= onLimit.maxQueue) return { ...refusal, code: 'queue_full' };
+    if (this.queue.sizeOf(request.limits.upstream) >= onLimit.maxQueue) return { ...refusal, code: 'queue_full' };
     // Hopeless: those ahead in the lane go first, one interval of the refusing rule each.
     const estimateMs = refusal.retryAfterMs + this.queue.ahead(set.key, request.rank) * refusal.intervalMs;
     if (refusal.exactWaitMs !== undefined && estimateMs > onLimit.queueMs) return { ...refusal, retryAfterMs: Math.ceil(estimateMs) };
 
     const enqueuedAt = performance.now();
     const result = await this.queue.wait({
+      group: request.limits.upstream,
       lane: set.key,
       rank: request.rank,
       deadline: enqueuedAt + onLimit.queueMs,

@@ -29,6 +29,8 @@ export interface Attempt<T> {
 export type QueueResult<T> = { outcome: 'admitted'; value: T } | { outcome: 'timeout'; value: T | undefined };
 
 export interface WaitOptions<T> {
+  /** What the waiters are counted under for a queue bound (the upstream). */
+  group: string;
   lane: string;
   rank: number;
   /** performance.now() after which the waiter gives up. */
@@ -64,6 +66,7 @@ export class WaitQueue<T> {
   private readonly lanes = new Map<string, Lane<T>>();
   private seq = 0;
   private waiting = 0;
+  private readonly waitingByGroup = new Map<string, number>();
 
   /** @param discard an admission nobody is left to use (its waiter left mid-attempt) */
   constructor(private readonly discard: (value: T) => void) {}
@@ -71,6 +74,11 @@ export class WaitQueue<T> {
   /** Requests waiting on this instance. */
   get size(): number {
     return this.waiting;
+  }
+
+  /** Requests waiting on this instance in one group. */
+  sizeOf(group: string): number {
+    return this.waitingByGroup.get(group) ?? 0;
   }
 
   /** How many waiters of `lane` would go before a new one of rank `rank`. */
@@ -93,7 +101,7 @@ export class WaitQueue<T> {
         const at = lane.waiters.indexOf(waiter);
         if (at >= 0) {
           lane.waiters.splice(at, 1);
-          this.waiting--;
+          this.count(options.group, -1);
           if (at === 0) lane.wake?.(); // the next head asks at once
         }
         if (result.outcome === 'failed') reject(result.error);
@@ -103,7 +111,7 @@ export class WaitQueue<T> {
       options.signal.addEventListener('abort', onAbort, { once: true });
       const at = lane.waiters.findIndex((w) => w.rank > waiter.rank);
       lane.waiters.splice(at < 0 ? lane.waiters.length : at, 0, waiter);
-      this.waiting++;
+      this.count(options.group, +1);
       if (at === 0) lane.wake?.();
       if (!lane.running) void this.pump(options.lane, lane);
     });
@@ -112,6 +120,13 @@ export class WaitQueue<T> {
   /** A request ended on this instance: lanes waiting for concurrency ask again now. */
   released(): void {
     for (const lane of this.lanes.values()) if (lane.waitsOnRelease) lane.wake?.();
+  }
+
+  private count(group: string, change: number): void {
+    this.waiting += change;
+    const now = (this.waitingByGroup.get(group) ?? 0) + change;
+    if (now === 0) this.waitingByGroup.delete(group);
+    else this.waitingByGroup.set(group, now);
   }
 
   private lane(key: string): Lane<T> {
