@@ -239,6 +239,11 @@ function createClient(options: RedisStoreOptions): Client {
   const clusterOptions: ClusterOptions = {
     enableOfflineQueue: false,
     enableAutoPipelining: true,
+    // Auto-pipelining groups a command by the slot of its first argument; a decision's first
+    // argument is its key count, so decisions for different nodes would share a pipeline and all
+    // fail ("All keys in the pipeline should belong to the same slots allocation group"). A
+    // pipelined command redirected by MOVED also loses its NOSCRIPT fallback to EVAL.
+    autoPipeliningIgnoredCommands: ['sluiceDecide'],
     clusterRetryStrategy: () => RECONNECT_EVERY_MS,
     redisOptions: {
       ...common,
