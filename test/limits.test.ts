@@ -241,6 +241,20 @@ describe('onLimit: queue', () => {
     expect((await Promise.all(pending)).map((r) => r.status)).toEqual([200, 200]);
   });
 
+  it('answers 429 when the queue time runs out before room comes', async () => {
+    gw = await startGateway(queued('      - { name: one, concurrency: 1 }', '{ queue: 300ms }'));
+    const slow = get('/api/slow/1500');
+    await sleep(50);
+    const asked = performance.now();
+    const refused = await get('/api/x');
+    const waited = performance.now() - asked;
+    expect(refused.status).toBe(429);
+    expect(refused.body.error).toBe('concurrency_limited');
+    expect(waited).toBeGreaterThanOrEqual(290);
+    expect(waited).toBeLessThan(800);
+    expect((await slow).status).toBe(200);
+  });
+
   it('waits for a request in flight to end under a concurrency limit', async () => {
     gw = await startGateway(queued('      - { name: one, concurrency: 1 }', '{ queue: 2s }'));
     const results = await Promise.all([get('/api/slow/200'), get('/api/slow/200'), get('/api/slow/200')]);

@@ -158,13 +158,13 @@ export class WaitQueue<T> {
       }
       lane.last = attempt.value;
       lane.waitsOnRelease = attempt.waitMs === undefined;
-      const waitMs = attempt.waitMs ?? RELEASE_POLL_MS;
-      // Hopeless: the head's time runs out before room comes; answer it now, not at its deadline.
-      if (performance.now() + waitMs > head.options.deadline && lane.waiters[0] === head) {
+      // Hopeless: the head's time runs out before the room the store expects; answer it now, not
+      // at its deadline. (Room from a request ending may come any moment: that wait runs to the end.)
+      if (attempt.waitMs !== undefined && performance.now() + attempt.waitMs > head.options.deadline) {
         head.settle({ outcome: 'timeout', value: attempt.value });
         continue;
       }
-      await this.sleep(lane, waitMs);
+      await this.sleep(lane, attempt.waitMs ?? RELEASE_POLL_MS);
     }
     lane.running = false;
     this.lanes.delete(key);
