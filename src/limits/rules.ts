@@ -35,6 +35,8 @@ export interface RuleSet {
   readonly storeRules: readonly StoreRule[];
   /** Credential candidates: the pool's size when a rule counts per credential, else 1. */
   readonly candidates: number;
+  /** The RateLimit-Policy header: the enforced rules of the set. */
+  readonly policyHeader: string;
 }
 
 export interface OnLimit {
@@ -73,6 +75,10 @@ export class UpstreamLimits {
         rules,
         storeRules: rules.map((rule) => storeRule(rule, tenant, this.candidates)),
         candidates: this.candidates,
+        policyHeader: rules
+          .filter((r) => !r.shadow)
+          .map((r) => r.policy)
+          .join(', '),
       };
       this.cache.set(cacheKey, set);
     }

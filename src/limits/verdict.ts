@@ -82,9 +82,8 @@ function capacityOf(rule: LimitRule): number {
 }
 
 function policyHeaders(set: RuleSet, rule: LimitRule, remaining: number, resetMs: number): Record<string, string> {
-  const enforced = set.rules.filter((r) => !r.shadow);
   return {
-    'ratelimit-policy': enforced.map((r) => r.policy).join(', '),
+    'ratelimit-policy': set.policyHeader,
     ratelimit: `"${rule.name}";r=${remaining};t=${Math.ceil(resetMs / 1000)}`,
   };
 }
