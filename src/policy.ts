@@ -64,6 +64,7 @@ export class Policy {
       ...Object.values(config.tenants ?? {}).map((t) => t.key),
       ...Object.values(config.upstreams).flatMap((u) => credentialSecrets(u.credentials)),
       config.listen.adminToken ?? '',
+      ...redisPasswords(config.store.url),
     ].filter((s) => s.length >= 4);
   }
 
@@ -106,6 +107,15 @@ function upstreamProfile(
     maxBodySize: up.maxBodySize ?? config.listen.maxBodySize,
     limits: new UpstreamLimits(name, up, config.store.prefix),
   };
+}
+
+/** A password in store.url is a secret like any other (and its URL-decoded form). */
+function redisPasswords(url: string | string[] | undefined): string[] {
+  const urls = url === undefined ? [] : (Array.isArray(url) ? url : [url]).flatMap((u) => u.split(','));
+  return urls.flatMap((u) => {
+    const password = URL.canParse(u.trim()) ? new URL(u.trim()).password : '';
+    return password ? [password, decodeURIComponent(password)] : [];
+  });
 }
 
 function withoutQuery(path: string): string {

@@ -76,6 +76,11 @@ const targetUrl = z.string().transform((value, ctx) => {
   return url;
 });
 
+const redisUrl = z.string().refine(
+  (value) => value.split(',').every((u) => /^rediss?:\/\/[^\s/]+(\/\d+)?$/.test(u.trim())),
+  'must be redis://[user:password@]host:port[/db] (rediss:// for TLS), or several of them for Redis Cluster',
+);
+
 const hostPattern = z
   .string()
   .regex(/^(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?$/, 'is not a host name; use "api.example.com" or "*.example.com"')
@@ -223,7 +228,7 @@ export const configSchema = z.strictObject({
   store: z
     .strictObject({
       type: z.enum(['memory', 'redis']).default('memory'),
-      url: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+      url: z.union([redisUrl, z.array(redisUrl).min(1)]).optional(),
       onError: z.enum(['local', 'deny', 'allow']).default('local'),
       prefix: z.string().regex(/^[A-Za-z0-9_.:-]+$/, 'must be letters, digits, "_", ".", ":" or "-"').default('sluice'),
       timeout: duration.default(250),
