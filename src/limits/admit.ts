@@ -35,9 +35,12 @@ export interface AdmitRequest {
   path: string;
   /** X-Sluice-Priority rank (queue order). */
   rank: number;
-  /** Aborts when the client leaves: a queued request leaves the queue. */
-  signal: AbortSignal;
+  /** Aborts when the client leaves (asked for only when the request queues): it leaves the queue. */
+  clientGone: () => AbortSignal;
 }
+
+/** The lease id of a request no concurrency rule counts (the store takes no lease for it). */
+const NO_LEASE = '-';
 
 const NO_LIMITS: Admission = {
   admitted: true,
@@ -71,7 +74,7 @@ export class Limiter {
   async admit(request: AdmitRequest): Promise<Verdict> {
     const set = request.limits.forRequest(request.method, request.path, request.tenant);
     if (!set) return NO_LIMITS;
-    const lease = `${this.instance}:${(this.sequence++).toString(36)}`;
+    const lease = set.leases ? `${this.instance}:${(this.sequence++).toString(36)}` : NO_LEASE;
     const first = await this.attempt(set, lease);
     const onLimit = request.limits.onLimit;
     if (first.admitted || !onLimit) return first.value;
@@ -88,7 +91,7 @@ export class Limiter {
       lane: set.key,
       rank: request.rank,
       deadline: enqueuedAt + onLimit.queueMs,
-      signal: request.signal,
+      signal: request.clientGone(),
       attempt: () => this.attempt(set, lease),
     });
     if (result.outcome === 'timeout') return result.value ?? refusal;

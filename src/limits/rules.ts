@@ -37,6 +37,8 @@ export interface RuleSet {
   readonly candidates: number;
   /** The RateLimit-Policy header: the enforced rules of the set. */
   readonly policyHeader: string;
+  /** A concurrency rule is among them: the request holds leases. */
+  readonly leases: boolean;
 }
 
 export interface OnLimit {
@@ -75,6 +77,7 @@ export class UpstreamLimits {
         rules,
         storeRules: rules.map((rule) => storeRule(rule, tenant, this.candidates)),
         candidates: this.candidates,
+        leases: rules.some((r) => r.kind === 'concurrency'),
         policyHeader: rules
           .filter((r) => !r.shadow)
           .map((r) => r.policy)

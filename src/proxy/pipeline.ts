@@ -114,12 +114,18 @@ async function admit(
   path: string,
   record: RequestRecord,
 ): Promise<Admission> {
-  const clientGone = new AbortController();
-  const onClose = () => clientGone.abort();
-  res.once('close', onClose);
-  const verdict = await limiter
-    .admit({ limits: upstream.limits, tenant, method: record.method, path, rank: priorityRank(req.headers['x-sluice-priority']), signal: clientGone.signal })
-    .finally(() => res.off('close', onClose));
+  // Only a request that queues needs to hear that its client left; most never ask.
+  let gone: AbortController | undefined;
+  const clientGone = () => {
+    if (!gone) {
+      const controller = (gone = new AbortController());
+      if (res.closed) controller.abort();
+      else res.once('close', () => controller.abort());
+    }
+    return gone.signal;
+  };
+  const rank = priorityRank(req.headers['x-sluice-priority']);
+  const verdict = await limiter.admit({ limits: upstream.limits, tenant, method: record.method, path, rank, clientGone });
   if (!verdict.admitted) {
     record.limit = verdict.rule.name;
     throw refusalError(verdict, upstream, tenant);

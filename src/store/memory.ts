@@ -43,7 +43,13 @@ type Entry =
   | { kind: 'rate'; bucket: BucketState; expires: number }
   | { kind: 'fair'; state: FairState; expires: number }
   | { kind: 'quota'; count: number; expires: number }
-  | { kind: 'concurrency'; leases: Map<string, number>; expires: number };
+  | {
+      kind: 'concurrency';
+      leases: Map<string, number>;
+      /** No lease expires before this (it may be earlier than the true first expiry, never later). */
+      firstExpiry: number;
+      expires: number;
+    };
 
 /** One rule evaluated against one state key: the outcome, and how to consume it if admitted. */
 interface Evaluation {
@@ -72,11 +78,17 @@ export class MemoryStore implements LimitStore {
     const evaluations = request.rules.map((rule) => rule.keys.map((key) => this.evaluate(rule, key, now, request)));
     const per = (c: number) => request.rules.map((rule, i) => evaluations[i]![rule.keys.length > 1 ? c : 0]!);
 
-    const scores: CandidateScore[] = [];
-    for (let c = 0; c < request.candidates; c++) scores.push(score(request.rules, per(c)));
-    const candidate = chooseCandidate(scores);
+    let candidate = 0;
+    let admitted: boolean;
+    if (request.candidates === 1) {
+      admitted = score(request.rules, per(0)).ok;
+    } else {
+      const scores: CandidateScore[] = [];
+      for (let c = 0; c < request.candidates; c++) scores.push(score(request.rules, per(c)));
+      candidate = chooseCandidate(scores);
+      admitted = scores[candidate]!.ok;
+    }
     const chosen = per(candidate);
-    const admitted = scores[candidate]!.ok;
     for (const evaluation of chosen) evaluation.observe?.();
     if (admitted) for (const evaluation of chosen) if (evaluation.outcome.ok) evaluation.commit();
     return { admitted, candidate, outcomes: chosen.map((e) => e.outcome) };
@@ -221,8 +233,18 @@ export class MemoryStore implements LimitStore {
 
   private concurrency(rule: StoreRule, key: string, now: number, request: DecideRequest): Evaluation {
     const entry = this.live(key, now);
-    const leases = entry?.kind === 'concurrency' ? entry.leases : new Map<string, number>();
-    for (const [id, expires] of leases) if (expires <= now) leases.delete(id);
+    const held = entry?.kind === 'concurrency' ? entry : undefined;
+    const leases = held?.leases ?? new Map<string, number>();
+    let firstExpiry = held?.firstExpiry ?? Infinity;
+    // Leases of requests that never ended are looked for when one may have expired, not on every decision.
+    if (now >= firstExpiry) {
+      firstExpiry = Infinity;
+      for (const [id, expires] of leases) {
+        if (expires <= now) leases.delete(id);
+        else firstExpiry = Math.min(firstExpiry, expires);
+      }
+      if (held) held.firstExpiry = firstExpiry;
+    }
     const ok = leases.size + 1 <= rule.limit;
     return {
       outcome: outcome(ok, 0, rule.limit - leases.size - (ok ? 1 : 0), 0),
@@ -230,7 +252,12 @@ export class MemoryStore implements LimitStore {
       commit: () => {
         const expires = now + request.leaseTtlMs;
         leases.set(request.lease, expires);
-        this.entries.set(key, { kind: 'concurrency', leases, expires: Math.max(expires, entry?.expires ?? 0) });
+        this.entries.set(key, {
+          kind: 'concurrency',
+          leases,
+          firstExpiry: Math.min(firstExpiry, expires),
+          expires: Math.max(expires, entry?.expires ?? 0),
+        });
       },
     };
   }
