@@ -10,10 +10,15 @@
  *   than the rule, whoever asks.
  * - A request beyond the tenant's assured rate borrows: it may take room in the global bucket that
  *   nobody else is waiting for. A tenant refused while within its assured rate is marked waiting
- *   until it gets a request through (or its window passes); while anyone else is waiting, nobody
- *   borrows. So a flooder takes all the capacity nobody else wants (work-conserving), and is held
- *   to its assured rate the moment another tenant within its share finds no room, which gets that
- *   tenant its share back by its next retry, however hard the flooder pushes.
+ *   until it gets a request through (or its window passes); while anyone else waits, nobody borrows.
+ * - A tenant's bucket holds ASSURED_BURST requests, so a slot it lost to a collision is made up;
+ *   but not while another tenant waits that is behind (admitted less than BEHIND of its assured
+ *   rate over the window): then slots lost to collisions go to the tenant that is behind, not to
+ *   the one that is always there when a slot opens.
+ *
+ * So a flooder takes all the capacity nobody else wants (work-conserving), and is held to its
+ * plain assured rate the moment another tenant below its share finds no room, which gets that
+ * tenant its share back by its next retry, however hard the flooder pushes.
  *
  * memory.ts and decide.lua both call this arithmetic (the Lua holds a copy of it).
  */
@@ -29,16 +34,25 @@ export const BISECTION_STEPS = 40;
 export const FAIR_STATE_WINDOWS = 5;
 /** A tenant's assured bucket holds at least two requests, so one delayed by a collision is made up. */
 export const ASSURED_BURST = 2;
+/** A tenant admitted less than this part of its assured rate over the window is behind. */
+export const BEHIND = 0.95;
 
-/** The requests per ms assured to `me` out of `capacity`, shared with the other active tenants. */
-export function assuredRate(capacity: number, me: ActiveTenant, others: readonly ActiveTenant[]): number {
-  if (others.length === 0) return capacity;
-  const all = [me, ...others];
+/** A count decayed exponentially over `windowMs`, from `at` to `now`. */
+export function decayedCount(count: number, at: number, now: number, windowMs: number): number {
+  return count * Math.exp(-Math.max(0, now - at) / windowMs);
+}
+
+/**
+ * The fair level λ of the active tenants: Σ max(reserve_i, weight_i·λ) = capacity (water-filling,
+ * by bisection). A tenant's assured rate is then `assuredAt(tenant, λ)`.
+ */
+export function fairLevel(capacity: number, tenants: readonly ActiveTenant[]): number {
   let minWeight = Infinity;
-  for (const t of all) minWeight = Math.min(minWeight, t.weight);
+  for (const t of tenants) minWeight = Math.min(minWeight, t.weight);
+  if (tenants.length === 1) return capacity / minWeight;
   const allocated = (level: number) => {
     let sum = 0;
-    for (const t of all) sum += Math.max(t.reserve, t.weight * level);
+    for (const t of tenants) sum += Math.max(t.reserve, t.weight * level);
     return sum;
   };
   let lo = 0;
@@ -48,5 +62,10 @@ export function assuredRate(capacity: number, me: ActiveTenant, others: readonly
     if (allocated(mid) > capacity) hi = mid;
     else lo = mid;
   }
-  return Math.max(me.reserve, me.weight * lo);
+  return lo;
+}
+
+/** The requests per ms assured to a tenant at fair level λ. */
+export function assuredAt(tenant: ActiveTenant, level: number): number {
+  return Math.max(tenant.reserve, tenant.weight * level);
 }

@@ -8,7 +8,7 @@
  * differential run against the memory store catches any other difference.
  */
 import { EPSILON } from '../limits/bucket.js';
-import { ASSURED_BURST, BISECTION_STEPS, FAIR_STATE_WINDOWS } from '../limits/fair.js';
+import { ASSURED_BURST, BEHIND, BISECTION_STEPS, FAIR_STATE_WINDOWS } from '../limits/fair.js';
 import { QUOTA_GRACE_MS } from './memory.js';
 import { CONCURRENCY_WAIT_HINT_MS } from './store.js';
 
@@ -36,7 +36,8 @@ State (each key has a PEXPIRE, the lifetime the memory store gives the same entr
   rate          hash {l = level, u = when measured}           drain time + 1 ms
   fair rate     hash {l, u} global bucket, and per tenant T:  max(current PTTL, drain times,
                 l:T u:T assured bucket, s:T last seen,           5 active windows)
-                p:T waiting since (0: not), w:T weight, r:T reserve
+                p:T waiting since (0: not), w:T weight, r:T reserve,
+                a:T admissions (decayed count), b:T when a:T was measured
   quota         string counter at KEY:period                  until period end + 60 s
   concurrency   zset lease id -> expiry ms                    max(current PTTL, lease expiry)
 Redis Cluster: KEY:period is not declared in KEYS. That is allowed because it holds KEY's hash
@@ -48,6 +49,7 @@ local CONCURRENCY_WAIT_HINT_MS = ${CONCURRENCY_WAIT_HINT_MS}
 local BISECTION_STEPS = ${BISECTION_STEPS}
 local FAIR_STATE_WINDOWS = ${FAIR_STATE_WINDOWS}
 local ASSURED_BURST = ${ASSURED_BURST}
+local BEHIND = ${BEHIND}
 local QUOTA_GRACE_MS = ${QUOTA_GRACE_MS}
 
 -- %.17g round-trips a double; tostring would keep only 14 digits.
@@ -81,14 +83,10 @@ local function checkBucket(level, at, rate, capacity)
 end
 
 -- limits/fair.ts assuredRate: water-filling of max(reserve, weight * level) by bisection.
-local function assuredRate(capacity, me, others)
-  if #others == 0 then return math.max(capacity, me.reserve) end
-  local all = { me }
-  local minWeight = me.weight
-  for _, o in ipairs(others) do
-    all[#all + 1] = o
-    minWeight = math.min(minWeight, o.weight)
-  end
+local function fairLevel(capacity, all)
+  local minWeight = math.huge
+  for _, t in ipairs(all) do minWeight = math.min(minWeight, t.weight) end
+  if #all == 1 then return capacity / minWeight end
   local function allocated(level)
     local sum = 0
     for _, t in ipairs(all) do sum = sum + math.max(t.reserve, t.weight * level) end
@@ -99,7 +97,16 @@ local function assuredRate(capacity, me, others)
     local mid = (lo + hi) / 2
     if allocated(mid) > capacity then hi = mid else lo = mid end
   end
-  return math.max(me.reserve, me.weight * lo)
+  return lo
+end
+
+local function assuredAt(t, level)
+  return math.max(t.reserve, t.weight * level)
+end
+
+-- limits/fair.ts decayedCount
+local function decayed(count, at, window)
+  return count * math.exp(-math.max(0, now - at) / window)
 end
 
 -- memory.ts outcome()
@@ -143,7 +150,7 @@ local function loadFair(key)
   return s
 end
 
-local TENANT_FIELDS = { 'l:', 'u:', 's:', 'p:', 'w:', 'r:' }
+local TENANT_FIELDS = { 'l:', 'u:', 's:', 'p:', 'w:', 'r:', 'a:', 'b:' }
 
 -- memory.ts fairRate: a tenant within its assured rate needs room in the global bucket only;
 -- beyond it, it borrows, which it may not while another active tenant waits.
@@ -153,17 +160,29 @@ local function fairRate(rule, key)
   local s = loadFair(key)
   local mine = s.tenants[me]
 
-  local others, othersWaiting = {}, false
+  local all, others = { { weight = rule.weight, reserve = rule.reserve } }, {}
   for name, t in pairs(s.tenants) do
     if name ~= me and now - t.s <= window then
-      others[#others + 1] = { weight = t.w, reserve = t.r }
-      if t.p > 0 and now - t.p <= window then othersWaiting = true end
+      local o = { weight = t.w, reserve = t.r, p = t.p, a = t.a or 0, b = t.b or now }
+      others[#others + 1] = o
+      all[#all + 1] = o
     end
   end
-  local assured = assuredRate(capacity, { weight = rule.weight, reserve = rule.reserve }, others)
+  local level = fairLevel(capacity, all)
+  local assured = assuredAt(all[1], level)
+  local othersWaiting, othersBehind = false, false
+  for _, o in ipairs(others) do
+    if o.p > 0 and now - o.p <= window then
+      othersWaiting = true
+      if decayed(o.a, o.b, window) / window < BEHIND * assuredAt(o, level) then othersBehind = true end
+    end
+  end
   local global = checkBucket(s.l, s.u, capacity, rule.burst)
+  -- While a tenant behind its share waits, nobody makes up missed slots: they are that tenant's.
+  local minBurst = ASSURED_BURST
+  if othersBehind then minBurst = 1 end
   local own = checkBucket(mine and mine.l, mine and mine.u, assured,
-    math.max(ASSURED_BURST, (rule.burst * assured) / capacity))
+    math.max(minBurst, (rule.burst * assured) / capacity))
   local borrowing = not own.ok
   local ok = global.ok and not (borrowing and othersWaiting)
   local wait = global.wait
@@ -210,7 +229,8 @@ local function fairRate(rule, key)
       redis.call('HSET', key, 'l:' .. me, num(t.l), 'u:' .. me, num(now))
     end
     t.p = 0
-    redis.call('HSET', key, 'p:' .. me, '0')
+    t.a, t.b = decayed(t.a or 0, t.b or now, window) + 1, now
+    redis.call('HSET', key, 'p:' .. me, '0', 'a:' .. me, num(t.a), 'b:' .. me, num(now))
     keep()
   end
   local remaining = 0

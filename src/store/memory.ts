@@ -4,7 +4,7 @@
  * by construction. Time comes from the injected clock, so tests drive it instead of sleeping.
  */
 import { checkBucket, drainMs, type BucketState } from '../limits/bucket.js';
-import { ASSURED_BURST, assuredRate, FAIR_STATE_WINDOWS, type ActiveTenant } from '../limits/fair.js';
+import { ASSURED_BURST, assuredAt, BEHIND, decayedCount, FAIR_STATE_WINDOWS, fairLevel, type ActiveTenant } from '../limits/fair.js';
 import {
   chooseCandidate,
   CONCURRENCY_WAIT_HINT_MS,
@@ -30,6 +30,9 @@ interface TenantState {
   seen: number;
   /** Since when it has been refused within its assured rate (0: not waiting). */
   waitingSince: number;
+  /** Its admissions, as a count decayed over the active window, measured at `admittedAt`. */
+  admitted: number;
+  admittedAt: number;
   weight: number;
   reserve: number;
 }
@@ -170,16 +173,22 @@ export class MemoryStore implements LimitStore {
     const state: FairState = entry?.kind === 'fair' ? entry.state : { global: undefined, tenants: new Map() };
     const mine = state.tenants.get(fair.tenant);
 
-    const others: ActiveTenant[] = [];
+    const me: ActiveTenant = { weight: fair.weight, reserve: fair.reservePerMs };
+    const others: TenantState[] = [];
+    for (const [name, t] of state.tenants) if (name !== fair.tenant && now - t.seen <= window) others.push(t);
+    const level = fairLevel(capacity, [me, ...others]);
+    const assured = assuredAt(me, level);
     let othersWaiting = false;
-    for (const [name, t] of state.tenants) {
-      if (name === fair.tenant || now - t.seen > window) continue;
-      others.push(t);
-      if (t.waitingSince > 0 && now - t.waitingSince <= window) othersWaiting = true;
+    let othersBehind = false;
+    for (const t of others) {
+      if (t.waitingSince === 0 || now - t.waitingSince > window) continue;
+      othersWaiting = true;
+      if (decayedCount(t.admitted, t.admittedAt, now, window) / window < BEHIND * assuredAt(t, level)) othersBehind = true;
     }
-    const assured = assuredRate(capacity, { weight: fair.weight, reserve: fair.reservePerMs }, others);
     const global = checkBucket(state.global, now, capacity, rule.burst);
-    const own = checkBucket(mine?.bucket, now, assured, Math.max(ASSURED_BURST, (rule.burst * assured) / capacity));
+    // While a tenant behind its share waits, nobody makes up missed slots: they are that tenant's.
+    const ownBurst = Math.max(othersBehind ? 1 : ASSURED_BURST, (rule.burst * assured) / capacity);
+    const own = checkBucket(mine?.bucket, now, assured, ownBurst);
     const borrowing = !own.ok;
     const ok = global.ok && !(borrowing && othersWaiting);
     // Within its assured rate a tenant waits only for the global bucket; beyond it, also for its own.
@@ -188,7 +197,7 @@ export class MemoryStore implements LimitStore {
     const tenant = (): TenantState => {
       let t = state.tenants.get(fair.tenant);
       if (!t) {
-        t = { bucket: undefined, seen: now, waitingSince: 0, weight: fair.weight, reserve: fair.reservePerMs };
+        t = { bucket: undefined, seen: now, waitingSince: 0, admitted: 0, admittedAt: now, weight: fair.weight, reserve: fair.reservePerMs };
         state.tenants.set(fair.tenant, t);
       }
       return t;
@@ -212,6 +221,8 @@ export class MemoryStore implements LimitStore {
         state.global = { level: global.level + 1, at: now };
         if (!borrowing) t.bucket = { level: own.level + 1, at: now };
         t.waitingSince = 0;
+        t.admitted = decayedCount(t.admitted, t.admittedAt, now, window) + 1;
+        t.admittedAt = now;
         keep();
       },
     };
