@@ -66,20 +66,15 @@ export class Limiter {
     this.renewer = setInterval(() => void this.renew(), leaseTtlMs / 3).unref();
   }
 
-  /** Requests waiting in queues on this instance. */
-  get queued(): number {
-    return this.queue.size;
-  }
-
   async admit(request: AdmitRequest): Promise<Verdict> {
     const set = request.limits.forRequest(request.method, request.path, request.tenant);
     if (!set) return NO_LIMITS;
     const lease = set.leases ? `${this.instance}:${(this.sequence++).toString(36)}` : NO_LEASE;
-    const first = await this.attempt(set, lease);
+    const first = (await this.attempt(set, lease)).value;
     const onLimit = request.limits.onLimit;
-    if (first.admitted || !onLimit) return first.value;
+    if (first.admitted || !onLimit) return first;
 
-    const refusal = first.value as Refusal;
+    const refusal = first;
     if (this.queue.sizeOf(request.limits.upstream) >= onLimit.maxQueue) return { ...refusal, code: 'queue_full' };
     // Hopeless: those ahead in the lane go first, one interval of the refusing rule each.
     const estimateMs = refusal.retryAfterMs + this.queue.ahead(set.key, request.rank) * refusal.intervalMs;
@@ -94,9 +89,8 @@ export class Limiter {
       signal: request.clientGone(),
       attempt: () => this.attempt(set, lease),
     });
-    if (result.outcome === 'timeout') return result.value ?? refusal;
-    const admission = result.value as Admission;
-    return { ...admission, queuedMs: performance.now() - enqueuedAt };
+    const verdict = result.value ?? refusal;
+    return verdict.admitted ? { ...verdict, queuedMs: performance.now() - enqueuedAt } : verdict;
   }
 
   async close(): Promise<void> {

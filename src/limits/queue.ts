@@ -65,16 +65,10 @@ export class QueueAbortedError extends Error {
 export class WaitQueue<T> {
   private readonly lanes = new Map<string, Lane<T>>();
   private seq = 0;
-  private waiting = 0;
   private readonly waitingByGroup = new Map<string, number>();
 
   /** @param discard an admission nobody is left to use (its waiter left mid-attempt) */
   constructor(private readonly discard: (value: T) => void) {}
-
-  /** Requests waiting on this instance. */
-  get size(): number {
-    return this.waiting;
-  }
 
   /** Requests waiting on this instance in one group. */
   sizeOf(group: string): number {
@@ -123,7 +117,6 @@ export class WaitQueue<T> {
   }
 
   private count(group: string, change: number): void {
-    this.waiting += change;
     const now = (this.waitingByGroup.get(group) ?? 0) + change;
     if (now === 0) this.waitingByGroup.delete(group);
     else this.waitingByGroup.set(group, now);
