@@ -15,11 +15,11 @@
 // (redis://127.0.0.1:6379). Progress on stderr; the figures as one JSON line on stdout
 // (DECIDE_JSON {...}) for run.mjs, and a table on stderr.
 import { randomBytes } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { CLK_TCK, cpuTicks } from '../lib/cpu.mjs';
 import { median, percentile } from './checks.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -33,17 +33,6 @@ const { MemoryStore } = await import(pathToFileURL(join(ROOT, 'dist/store/memory
 const { RedisStore } = await import(pathToFileURL(join(ROOT, 'dist/store/redis.js')).href);
 const { Redis } = await import('ioredis');
 
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
-/** utime+stime of a process in clock ticks, or NaN when it cannot be read (Redis elsewhere). */
-function cpuTicks(pid) {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(f[11]) + Number(f[12]);
-  } catch {
-    return NaN;
-  }
-}
 let redisPid = NaN;
 
 const PREFIX = `sluice-fidelity-decide-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -72,7 +61,7 @@ let leaseSeq = 0;
 /** Decisions completed in DURATION_MS with `outstanding` in flight; latencies when outstanding is 1. */
 async function measure(store, setName, outstanding) {
   const set = SETS[setName];
-  const redisTicks0 = store === redis ? cpuTicks(redisPid) : NaN;
+  const redisTicks0 = store === redis ? cpuTicks(redisPid, NaN) : NaN;
   const lat = [];
   let done = 0;
   let refused = 0;
@@ -93,7 +82,7 @@ async function measure(store, setName, outstanding) {
   await Promise.all(Array.from({ length: outstanding }, worker));
   const seconds = (performance.now() - t0) / 1000;
   // The Redis server's own CPU per decision (its process, read from /proc when it runs here).
-  const redisUs = ((cpuTicks(redisPid) - redisTicks0) * (1e6 / CLK_TCK)) / done;
+  const redisUs = ((cpuTicks(redisPid, NaN) - redisTicks0) * (1e6 / CLK_TCK)) / done;
   return { perSecond: done / seconds, p50us: percentile(lat, 50) * 1000, p99us: percentile(lat, 99) * 1000, refused, redisUs };
 }
 

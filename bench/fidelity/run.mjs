@@ -15,15 +15,16 @@
 // FIDELITY_REDIS_URL (redis://127.0.0.1:6379), FIDELITY_KEEP_TMP=1 (keep configs and gateway logs).
 import { fork, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
-import { createServer } from 'node:net';
-import { cpus, loadavg, release, tmpdir } from 'node:os';
+import { cpus, loadavg, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
+import { trackChildren } from '../lib/children.mjs';
+import { f0, f1, f3, ratio, table } from '../lib/format.mjs';
+import { freePorts } from '../lib/ports.mjs';
 import { busyMs, concurrencySweep, jainIndex, maxInWindow, median, quotaViolations, rateViolations, tightestSpan } from './checks.mjs';
 import { drive, nowMs } from './load.mjs';
 
@@ -50,62 +51,12 @@ const PIN = cpus().length >= 2 && have('taskset');
 // Processes: every child is remembered and ended at exit (run.sh's trap on the process group is
 // the second net).
 
-const children = new Set();
-const work = mkdtempSync(join(tmpdir(), 'sluice-fidelity-'));
-
-function track(child, name) {
-  child.benchName = name;
-  children.add(child);
-  child.on('exit', () => children.delete(child));
-  return child;
-}
-
-async function stopChild(child, timeoutMs = 5_000) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  await exited;
-  clearTimeout(timer);
-}
-
-async function stopAll() {
-  await Promise.all([...children].map((c) => stopChild(c)));
-}
-
-process.on('exit', () => {
-  for (const c of children) {
-    try {
-      c.kill('SIGKILL');
-    } catch {}
-  }
-  if (env.FIDELITY_KEEP_TMP !== '1') rmSync(work, { recursive: true, force: true });
+const { work, track, stopChild, stopAll, stopping } = trackChildren({
+  label: 'fidelity',
+  keepTmpVar: 'FIDELITY_KEEP_TMP',
+  // Each scenario deletes its own keys; after a signal the one cut short has not.
+  onSignal: () => cleanRedis(BASE_PREFIX),
 });
-let stopping = false;
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => {
-    if (stopping) return;
-    stopping = true;
-    console.error(`\nfidelity: ${sig}, stopping`);
-    stopAll()
-      .then(() => cleanRedis(BASE_PREFIX))
-      .catch(() => undefined)
-      .finally(() => process.exit(130));
-  });
-}
-
-async function freePorts(n) {
-  const servers = [];
-  for (let i = 0; i < n; i++) {
-    const s = createServer();
-    s.listen(0, '127.0.0.1');
-    await once(s, 'listening');
-    servers.push(s);
-  }
-  const ports = servers.map((s) => s.address().port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
 
 function httpGet(url) {
   return new Promise((resolvePromise, reject) => {
@@ -570,17 +521,9 @@ function measure(s, store, list, inFlightMax, results, start, deadline) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Formatting.
+// Formatting (shared number formats and table(): bench/lib/format.mjs).
 
 const pct = (x, d = 1) => (Number.isFinite(x) ? `${(100 * x).toFixed(d)}%` : '–');
-const f0 = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '–');
-const f1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '–');
-const f3 = (x) => (Number.isFinite(x) ? x.toFixed(3) : '–');
-const ratio = (x) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '–');
-
-function table(head, rows) {
-  return [`| ${head.join(' | ')} |`, `| ${head.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
-}
 
 function violationText(m) {
   if (m.maxPerPeriod !== undefined) {
@@ -846,7 +789,7 @@ async function main() {
 }
 
 main().catch(async (err) => {
-  if (stopping) return;
+  if (stopping()) return;
   console.error(`fidelity: ${err.stack ?? err}`);
   await stopAll();
   await cleanRedis(BASE_PREFIX).catch(() => undefined);

@@ -15,13 +15,16 @@
 // (redis://127.0.0.1:6379, for sluice-limits-redis).
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'node:fs';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
-import { cpus, release, tmpdir } from 'node:os';
+import { cpus, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { trackChildren } from '../lib/children.mjs';
+import { CLK_TCK, cpuTicks } from '../lib/cpu.mjs';
+import { f0, f1, f3, ratio, table } from '../lib/format.mjs';
+import { freePorts } from '../lib/ports.mjs';
 import { summarise } from './profile-summary.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -49,7 +52,6 @@ const TENANT = 'bench';
 const KEY = 'bench-key-3f9c2a71d0e4';
 const AUTH_HEADER = `X-Sluice-Key: ${TENANT}:${KEY}`;
 const PATH = '/bench/rest';
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 
 const have = (cmd) => {
   try {
@@ -65,18 +67,14 @@ const pinned = (cpu, cmd, args) => (PIN ? ['taskset', ['-c', cpu, cmd, ...args]]
 // ---------------------------------------------------------------------------------------------
 // Processes: every child is remembered and ended at exit (run.sh's trap is the second net).
 
-const children = new Set();
-const work = mkdtempSync(join(tmpdir(), 'sluice-bench-'));
+const { work, track, stopAll, stopping } = trackChildren({ label: 'bench', keepTmpVar: 'BENCH_KEEP_TMP' });
 
 function start(name, cpu, cmd, args, { stdout = 'pipe', cwd = work } = {}) {
   const [c, a] = pinned(cpu, cmd, args);
   const errFile = join(work, `${name}.stderr`);
   const out = stdout === 'null' ? openSync('/dev/null', 'w') : 'pipe';
-  const child = spawn(c, a, { cwd, stdio: ['ignore', out, openSync(errFile, 'w')], env: { ...env, NODE_ENV: 'production' } });
-  child.benchName = name;
+  const child = track(spawn(c, a, { cwd, stdio: ['ignore', out, openSync(errFile, 'w')], env: { ...env, NODE_ENV: 'production' } }), name);
   child.errFile = errFile;
-  children.add(child);
-  child.on('exit', () => children.delete(child));
   return child;
 }
 
@@ -106,45 +104,6 @@ function stderrOf(child) {
   } catch {
     return '';
   }
-}
-
-async function stopAll() {
-  const list = [...children];
-  for (const c of list) c.kill('SIGTERM');
-  const deadline = Date.now() + 5_000;
-  while (children.size > 0 && Date.now() < deadline) await sleep(50);
-  for (const c of children) c.kill('SIGKILL');
-}
-
-process.on('exit', () => {
-  for (const c of children) {
-    try {
-      c.kill('SIGKILL');
-    } catch {}
-  }
-  if (env.BENCH_KEEP_TMP !== '1') rmSync(work, { recursive: true, force: true });
-});
-let stopping = false;
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => {
-    if (stopping) return;
-    stopping = true;
-    console.error(`\nbench: ${sig}, stopping`);
-    stopAll().finally(() => process.exit(130));
-  });
-}
-
-async function freePorts(n) {
-  const servers = [];
-  for (let i = 0; i < n; i++) {
-    const s = createServer();
-    s.listen(0, '127.0.0.1');
-    await once(s, 'listening');
-    servers.push(s);
-  }
-  const ports = servers.map((s) => s.address().port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
 }
 
 function get(url, headers = {}) {
@@ -178,17 +137,6 @@ async function waitForHttp(url, child, timeoutMs = 15_000) {
 // ---------------------------------------------------------------------------------------------
 // CPU accounting.
 
-/** utime+stime in clock ticks of a process (all its threads); 0 when it is gone. */
-function cpuTicks(pid) {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(f[11]) + Number(f[12]);
-  } catch {
-    return 0;
-  }
-}
-
 function childPids(pid) {
   try {
     return readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
@@ -216,8 +164,7 @@ async function wrk(url, conns, seconds) {
     '-t1', `-c${conns}`, `-d${seconds}s`, '--timeout', '5s', '--latency',
     '-s', join(HERE, 'report.lua'), '-H', AUTH_HEADER, url,
   ]);
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(child);
+  const child = track(spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }), 'wrk');
   let out = '';
   let err = '';
   child.stdout.on('data', (d) => (out += d));
@@ -225,7 +172,6 @@ async function wrk(url, conns, seconds) {
   const killer = setTimeout(() => child.kill('SIGKILL'), (seconds + 30) * 1000);
   const [code] = await once(child, 'exit');
   clearTimeout(killer);
-  children.delete(child);
   const m = /BENCH_JSON (\{.*\})/.exec(out);
   if (code !== 0 || !m) throw new Error(`wrk failed (exit ${code}) on ${url}:\n${out}\n${err}`);
   return JSON.parse(m[1]);
@@ -349,7 +295,7 @@ function version(cmd, args) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Statistics and formatting.
+// Statistics (number formats and table(): bench/lib/format.mjs).
 
 const median = (xs) => {
   const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
@@ -357,15 +303,6 @@ const median = (xs) => {
   const m = Math.floor(s.length / 2);
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-const f0 = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '–');
-const f1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '–');
-const f2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : '–');
-const f3 = (x) => (Number.isFinite(x) ? x.toFixed(3) : '–');
-const ratio = (x) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '–');
-
-function table(head, rows) {
-  return [`| ${head.join(' | ')} |`, `| ${head.map((h, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
-}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -448,13 +385,13 @@ async function main() {
           if (other.child && other.child.exitCode !== null) throw new Error(`${other.label} died${stderrOf(other.child)}`);
         }
         const pids = t.pids();
-        const ticks0 = pids.reduce((n, p) => n + cpuTicks(p), 0);
-        const up0 = cpuTicks(upstream.pid);
+        const ticks0 = pids.reduce((n, p) => n + cpuTicks(p, 0), 0);
+        const up0 = cpuTicks(upstream.pid, 0);
         const core0 = coreTicks(SERVER_CPU);
         const w = await wrk(t.url, conns, SECONDS);
         const core1 = coreTicks(SERVER_CPU);
-        const up1 = cpuTicks(upstream.pid);
-        const ticks1 = pids.reduce((n, p) => n + cpuTicks(p), 0);
+        const up1 = cpuTicks(upstream.pid, 0);
+        const ticks1 = pids.reduce((n, p) => n + cpuTicks(p, 0), 0);
         const seconds = w.duration_us / 1e6;
         const tickUs = 1e6 / CLK_TCK;
         const run = {
@@ -639,7 +576,7 @@ async function profileSluice(upstreamPort, conns) {
 }
 
 main().catch(async (err) => {
-  if (stopping) return; // a signal is already stopping everything; the wrk it killed is no news
+  if (stopping()) return; // a signal is already stopping everything; the wrk it killed is no news
   console.error(`bench: ${err.stack ?? err}`);
   await stopAll();
   if (ONLY?.has('sluice-limits-redis')) await cleanRedis().catch(() => undefined);
