@@ -15,7 +15,7 @@ import { redisAvailable, sharedRedis, type TestRedis } from './helpers/redis.js'
 import { nowMs, startStrictUpstream, type StrictUpstream } from './helpers/strict-upstream.js';
 
 const RATE = 20;
-const RUN_MS = 3_000;
+const RUN_MS = 4_000;
 const SETTLE_MS = 1_000;
 
 let upstream: StrictUpstream;
@@ -135,7 +135,7 @@ describe.each(stores)('fair share on the $name', ({ instances, redis }) => {
       [{ name: 'a', weight: 9 }, { name: 'b', weight: 1, reserve: '6/s' }],
       [{ tenant: 'a', workers: 12 }, { tenant: 'b', workers: 6, rps: 8, polite: true }],
     );
-    expect(rates.b!).toBeGreaterThanOrEqual(6 * 0.9);
+    expect(rates.b!).toBeGreaterThanOrEqual(6 * 0.85);
     expect(rates.a! + rates.b!).toBeGreaterThan(RATE * 0.9);
   });
 
