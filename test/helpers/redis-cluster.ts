@@ -30,11 +30,10 @@ const CREATE_WAIT_MS = 15_000;
 const STATE_OK_WAIT_MS = 10_000;
 
 /** Whether redis-server and redis-cli are installed; throws in CI when they are not. */
-export function redisClusterToolsInstalled(): boolean {
+/** Throws, naming what is missing, unless redis-server and redis-cli are installed (.ci/run installs them). */
+export function requireRedisClusterTools(): void {
   const missing = ['redis-server', 'redis-cli'].filter((cmd) => spawnSync(cmd, ['--version'], { stdio: 'ignore' }).error !== undefined);
-  if (missing.length === 0) return true;
-  if (process.env.CI === 'true') throw new Error(`CI needs ${missing.join(' and ')} for the Redis Cluster tests`);
-  return false;
+  if (missing.length > 0) throw new Error(`the Redis Cluster tests need ${missing.join(' and ')} (apt-get install redis-server redis-tools, or run .ci/run)`);
 }
 
 async function canListen(port: number): Promise<boolean> {
