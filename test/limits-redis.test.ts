@@ -99,6 +99,25 @@ describe('three gateways sharing Redis', () => {
     expect((await get(three!)).status).toBe(200);
   });
 
+  it('take a script refused by Redis for a failed request, not for Redis being down', async () => {
+    const { RedisStore } = await import('../src/store/redis.js');
+    const { StoreUnavailableError } = await import('../src/store/store.js');
+    const store = RedisStore.connect({ url: redis.url, prefix: redis.prefix, timeoutMs: 1_000 });
+    try {
+      expect(await store.waitReady(2_000)).toBe(true);
+      const key = `{${redis.prefix}:odd}:calls:rate`;
+      await redis.client.set(key, 'not a hash');
+      const rule = { kind: 'rate' as const, keys: [key], limit: 1, periodMs: 1_000, burst: 1, fair: undefined, shadow: false };
+      const failure = await store.decide({ rules: [rule], candidates: 1, lease: '-', leaseTtlMs: 30_000 }).catch((err: unknown) => err);
+      expect(failure).toBeInstanceOf(Error);
+      expect(failure).not.toBeInstanceOf(StoreUnavailableError);
+      expect(String(failure)).toContain('WRONGTYPE');
+    } finally {
+      await redis.client.del(`{${redis.prefix}:odd}:calls:rate`);
+      await store.close();
+    }
+  });
+
   it('let idle keys expire', async () => {
     const [gw] = await start(1, config('      - { name: quick, rate: 50/s, burst: 5 }\n      - { name: inflight, concurrency: 2 }'));
     for (let i = 0; i < 5; i++) expect((await get(gw!)).status).toBe(200);
@@ -108,7 +127,7 @@ describe('three gateways sharing Redis', () => {
     for (const key of keys) expect(await redis.client.pttl(key)).not.toBe(-1);
     // The rate bucket drains in 100 ms; the lease set lives as long as its longest lease (leaseTtl).
     await sleep(300);
-    expect((await redis.keys()).filter((k) => k.endsWith(':quick'))).toEqual([]);
+    expect((await redis.keys()).filter((k) => k.includes(':quick:'))).toEqual([]);
   });
 });
 

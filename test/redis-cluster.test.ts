@@ -264,11 +264,12 @@ ${rules}`,
       expect(upstream.arrivals).toHaveLength(3);
       expect(storeFailures(gw)).toEqual([]);
 
+      // Keys are {prefix:upstream}:rule:kind (limits/rules.ts).
       const tag = `{${prefix}:api}`;
       const day = Math.floor(Date.now() / DAY);
-      expect(await admin.hget(`${tag}:calls`, 'l')).not.toBeNull();
-      expect(await admin.get(`${tag}:daily:${day}`)).toBe('3');
-      expect(await admin.zcard(`${tag}:inflight`)).toBe(0); // every lease released
+      expect(await admin.hget(`${tag}:calls:rate`, 'l')).not.toBeNull();
+      expect(await admin.get(`${tag}:daily:quota:${day}`)).toBe('3');
+      expect(await admin.zcard(`${tag}:inflight:concurrency`)).toBe(0); // every lease released
     });
 
     it('two gateways sharing the cluster never exceed a rate together', async () => {

@@ -96,7 +96,12 @@ const methodList = z
 
 const ruleMatch = z.strictObject({
   method: methodList.optional(),
-  path: z.string().regex(/^\/[^\s?#]*$/, 'must be a path starting with "/" ("*" matches within a segment, "**" across segments), without a query').optional(),
+  path: z
+    .string()
+    .regex(/^\/[^\s?#]*$/, 'must be a path starting with "/" ("*" matches within a segment, "**" across segments), without a query')
+    // Two "**" make a backtracking match that a long request path can keep busy for seconds.
+    .refine((p) => p.split('**').length <= 2, 'may hold "**" once')
+    .optional(),
 });
 
 /** enforce: refuse past the limit; shadow: evaluate and report (logs, headers) but never refuse. */

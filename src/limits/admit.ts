@@ -127,7 +127,10 @@ export class Limiter {
       queuedMs: 0,
       release: () => {
         if (!this.held.delete(lease)) return;
-        void this.store.release(leases).then(() => this.queue.released());
+        this.store.release(leases).then(
+          () => this.queue.released(),
+          () => undefined, // a lease not released expires by its TTL
+        );
       },
     };
   }

@@ -65,7 +65,10 @@ export function fairLevel(capacity: number, tenants: readonly ActiveTenant[]): n
   return lo;
 }
 
-/** The requests per ms assured to a tenant at fair level λ. */
-export function assuredAt(tenant: ActiveTenant, level: number): number {
-  return Math.max(tenant.reserve, tenant.weight * level);
+/** Reserves may add up to the whole rate: the others then keep a token share, never 0 (a rate of 0 has no wait). */
+export const MIN_ASSURED_SHARE = 1e-6;
+
+/** The requests per ms assured to a tenant at fair level λ, out of `capacity`. */
+export function assuredAt(tenant: ActiveTenant, level: number, capacity: number): number {
+  return Math.max(tenant.reserve, tenant.weight * level, capacity * MIN_ASSURED_SHARE);
 }

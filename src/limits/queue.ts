@@ -13,7 +13,7 @@ export type Priority = keyof typeof PRIORITIES;
 /** The rank of an X-Sluice-Priority value; anything unknown is normal. */
 export function priorityRank(header: string | string[] | undefined): number {
   const value = (Array.isArray(header) ? header[0] : header)?.trim().toLowerCase();
-  return value !== undefined && value in PRIORITIES ? PRIORITIES[value as Priority] : PRIORITIES.normal;
+  return value !== undefined && Object.hasOwn(PRIORITIES, value) ? PRIORITIES[value as Priority] : PRIORITIES.normal;
 }
 
 /** Concurrency frees on other instances unseen: a waiting lane asks again this often. */
@@ -81,6 +81,7 @@ export class WaitQueue<T> {
   }
 
   wait(options: WaitOptions<T>): Promise<QueueResult<T>> {
+    if (options.signal.aborted) return Promise.reject(new QueueAbortedError());
     const lane = this.lane(options.lane);
     return new Promise<QueueResult<T>>((resolve, reject) => {
       const onAbort = () => done({ outcome: 'failed', error: new QueueAbortedError() });
@@ -101,7 +102,6 @@ export class WaitQueue<T> {
         if (result.outcome === 'failed') reject(result.error);
         else resolve(result);
       };
-      if (options.signal.aborted) return onAbort();
       options.signal.addEventListener('abort', onAbort, { once: true });
       const at = lane.waiters.findIndex((w) => w.rank > waiter.rank);
       lane.waiters.splice(at < 0 ? lane.waiters.length : at, 0, waiter);
@@ -143,8 +143,9 @@ export class WaitQueue<T> {
         continue;
       }
       if (attempt.admitted) {
-        // The head may have left while the store answered: the next in line takes its place.
-        const taker = lane.waiters[0];
+        // The admission is the head's (it carries the head's lease). Only if the head left while
+        // the store answered does the next in line take its place.
+        const taker = lane.waiters.includes(head) ? head : lane.waiters[0];
         if (taker) taker.settle({ outcome: 'admitted', value: attempt.value });
         else this.discard(attempt.value);
         continue;

@@ -111,7 +111,10 @@ function compileRule(rule: LimitRuleConfig, tag: string, upstreamShadow: boolean
     shadow: upstreamShadow || rule.mode === 'shadow',
     methods: rule.match?.method ? new Set(rule.match.method) : undefined,
     path: rule.match?.path === undefined ? undefined : globToRegExp(rule.match.path),
-    keyBase: `${tag}:${rule.name}`,
+    // The kind is part of the key: a rule renamed from concurrency to rate (or made fair) on a
+    // reload, or by instances rolling to a new config, starts fresh instead of meeting state of
+    // another shape.
+    keyBase: `${tag}:${rule.name}:${rule.share === 'fair' ? 'fair' : kind}`,
     intervalMs: kind === 'concurrency' ? 0 : periodMs / limit,
     policy: `"${rule.name}";q=${limit}${window}`,
   };

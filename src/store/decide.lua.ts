@@ -8,7 +8,7 @@
  * differential run against the memory store catches any other difference.
  */
 import { EPSILON } from '../limits/bucket.js';
-import { ASSURED_BURST, BEHIND, BISECTION_STEPS, FAIR_STATE_WINDOWS } from '../limits/fair.js';
+import { ASSURED_BURST, BEHIND, BISECTION_STEPS, FAIR_STATE_WINDOWS, MIN_ASSURED_SHARE } from '../limits/fair.js';
 import { QUOTA_GRACE_MS } from './memory.js';
 import { CONCURRENCY_WAIT_HINT_MS } from './store.js';
 
@@ -50,6 +50,7 @@ local BISECTION_STEPS = ${BISECTION_STEPS}
 local FAIR_STATE_WINDOWS = ${FAIR_STATE_WINDOWS}
 local ASSURED_BURST = ${ASSURED_BURST}
 local BEHIND = ${BEHIND}
+local MIN_ASSURED_SHARE = ${MIN_ASSURED_SHARE}
 local QUOTA_GRACE_MS = ${QUOTA_GRACE_MS}
 
 -- %.17g round-trips a double; tostring would keep only 14 digits.
@@ -100,8 +101,8 @@ local function fairLevel(capacity, all)
   return lo
 end
 
-local function assuredAt(t, level)
-  return math.max(t.reserve, t.weight * level)
+local function assuredAt(t, level, capacity)
+  return math.max(t.reserve, t.weight * level, capacity * MIN_ASSURED_SHARE)
 end
 
 -- limits/fair.ts decayedCount
@@ -169,12 +170,12 @@ local function fairRate(rule, key)
     end
   end
   local level = fairLevel(capacity, all)
-  local assured = assuredAt(all[1], level)
+  local assured = assuredAt(all[1], level, capacity)
   local othersWaiting, othersBehind = false, false
   for _, o in ipairs(others) do
     if o.p > 0 and now - o.p <= window then
       othersWaiting = true
-      if decayed(o.a, o.b, window) / window < BEHIND * assuredAt(o, level) then othersBehind = true end
+      if decayed(o.a, o.b, window) / window < BEHIND * assuredAt(o, level, capacity) then othersBehind = true end
     end
   end
   local global = checkBucket(s.l, s.u, capacity, rule.burst)

@@ -12,7 +12,9 @@ import { CLOCK_LUA } from './decide.lua.js';
 export const RENEW_LUA = String.raw`
 ${CLOCK_LUA}
 local ttl = tonumber(ARGV[2])
-if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 0 end
+-- As MemoryStore.renew: an expired lease stays expired (its slot may be someone else's by now).
+local held = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if not held or tonumber(held) <= now then return 0 end
 redis.call('ZADD', KEYS[1], 'XX', string.format('%.17g', now + ttl), ARGV[3])
 local ms = math.max(1, math.ceil(ttl))
 if redis.call('PTTL', KEYS[1]) < ms then redis.call('PEXPIRE', KEYS[1], ms) end

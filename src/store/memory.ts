@@ -177,13 +177,13 @@ export class MemoryStore implements LimitStore {
     const others: TenantState[] = [];
     for (const [name, t] of state.tenants) if (name !== fair.tenant && now - t.seen <= window) others.push(t);
     const level = fairLevel(capacity, [me, ...others]);
-    const assured = assuredAt(me, level);
+    const assured = assuredAt(me, level, capacity);
     let othersWaiting = false;
     let othersBehind = false;
     for (const t of others) {
       if (t.waitingSince === 0 || now - t.waitingSince > window) continue;
       othersWaiting = true;
-      if (decayedCount(t.admitted, t.admittedAt, now, window) / window < BEHIND * assuredAt(t, level)) othersBehind = true;
+      if (decayedCount(t.admitted, t.admittedAt, now, window) / window < BEHIND * assuredAt(t, level, capacity)) othersBehind = true;
     }
     const global = checkBucket(state.global, now, capacity, rule.burst);
     // While a tenant behind its share waits, nobody makes up missed slots: they are that tenant's.

@@ -126,7 +126,14 @@ export class RedisStore implements LimitStore {
       const reply = await this.bounded(this.client.sluiceDecide(keys.length, ...keys, ...encode(request, this.clock?.())));
       return decode(reply, request.rules.length);
     } catch (error) {
-      throw new StoreUnavailableError(`Redis store: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+      const message = `Redis store: ${error instanceof Error ? error.message : String(error)}`;
+      // Redis answered, but refused the script (a bug, or state of another shape): that request
+      // fails, and the store is not taken for down. Cluster and failover replies (CLUSTERDOWN,
+      // TRYAGAIN, LOADING, READONLY, ...) do mean it cannot decide now.
+      if (error instanceof Error && error.name === 'ReplyError' && /^(ERR|WRONGTYPE) /.test(error.message)) {
+        throw new Error(message, { cause: error });
+      }
+      throw new StoreUnavailableError(message, { cause: error });
     }
   }
 

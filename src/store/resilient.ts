@@ -72,16 +72,20 @@ export class ResilientStore implements LimitStore {
           candidate: 0,
           outcomes: request.rules.map((rule) => ({ ok: true, waitMs: 0, remaining: rule.limit, resetMs: 0 })),
         };
-      case 'local':
-        this.localLeases.add(request.lease);
-        return this.local.decide({ ...request, rules: this.share(request.rules) });
+      case 'local': {
+        const decision = await this.local.decide({ ...request, rules: this.share(request.rules) });
+        if (decision.admitted) this.localLeases.add(request.lease);
+        return decision;
+      }
     }
   }
 
   async release(leases: readonly Lease[]): Promise<void> {
-    const [local, shared] = this.split(leases);
+    const [local] = this.split(leases);
     for (const lease of local) this.localLeases.delete(lease.id);
-    await Promise.all([this.local.release(local), this.shared.release(shared)]);
+    // Shared too, whichever store admitted: a decision that timed out here may still have taken a
+    // lease in Redis, and removing a lease that is not there is harmless.
+    await Promise.all([this.local.release(local), this.shared.release(leases)]);
   }
 
   async renew(leases: readonly Lease[], ttlMs: number): Promise<void> {
@@ -134,6 +138,7 @@ export class ResilientStore implements LimitStore {
       ...rule,
       limit: rule.kind === 'rate' ? rule.limit / instances : Math.max(1, Math.floor(rule.limit / instances)),
       burst: Math.max(1, Math.floor(rule.burst / instances)),
+      fair: rule.fair && { ...rule.fair, reservePerMs: rule.fair.reservePerMs / instances },
     }));
     this.scaled.set(rules, { share: instances, rules: scaled });
     return scaled;
