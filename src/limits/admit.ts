@@ -69,7 +69,7 @@ export class Limiter {
   async admit(request: AdmitRequest): Promise<Verdict> {
     const set = request.limits.forRequest(request.method, request.path, request.tenant);
     if (!set) return NO_LIMITS;
-    const lease = set.leases ? `${this.instance}:${(this.sequence++).toString(36)}` : NO_LEASE;
+    const lease = set.concurrencyRules.length > 0 ? `${this.instance}:${(this.sequence++).toString(36)}` : NO_LEASE;
     const first = (await this.attempt(set, lease)).value;
     const onLimit = request.limits.onLimit;
     if (first.admitted || !onLimit) return first;
@@ -112,11 +112,11 @@ export class Limiter {
 
   private admission(set: RuleSet, decision: StoreDecision, lease: string): Admission {
     const leases: Lease[] = [];
-    set.storeRules.forEach((rule, i) => {
-      if (rule.kind === 'concurrency' && decision.outcomes[i]!.ok) {
-        leases.push({ key: rule.keys[rule.keys.length > 1 ? decision.candidate : 0]!, id: lease });
-      }
-    });
+    for (const i of set.concurrencyRules) {
+      const rule = set.storeRules[i]!;
+      // A shadow rule that would have refused took no lease.
+      if (decision.outcomes[i]!.ok) leases.push({ key: rule.keys[rule.keys.length > 1 ? decision.candidate : 0]!, id: lease });
+    }
     if (leases.length > 0) this.held.set(lease, leases);
     const report = reportOf(set, decision.outcomes);
     return {

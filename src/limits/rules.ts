@@ -37,8 +37,8 @@ export interface RuleSet {
   readonly candidates: number;
   /** The RateLimit-Policy header: the enforced rules of the set. */
   readonly policyHeader: string;
-  /** A concurrency rule is among them: the request holds leases. */
-  readonly leases: boolean;
+  /** Indexes of the concurrency rules among them: the leases an admission holds. */
+  readonly concurrencyRules: readonly number[];
 }
 
 export interface OnLimit {
@@ -77,7 +77,7 @@ export class UpstreamLimits {
         rules,
         storeRules: rules.map((rule) => storeRule(rule, tenant, this.candidates)),
         candidates: this.candidates,
-        leases: rules.some((r) => r.kind === 'concurrency'),
+        concurrencyRules: rules.flatMap((r, i) => (r.kind === 'concurrency' ? [i] : [])),
         policyHeader: rules
           .filter((r) => !r.shadow)
           .map((r) => r.policy)
@@ -121,7 +121,7 @@ function compileRule(rule: LimitRuleConfig, tag: string, upstreamShadow: boolean
 }
 
 /** `*` matches within one path segment, `**` across segments; everything else is literal. */
-export function globToRegExp(glob: string): RegExp {
+function globToRegExp(glob: string): RegExp {
   const pattern = glob
     .split('**')
     .map((part) => part.split('*').map((text) => text.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('[^/]*'))

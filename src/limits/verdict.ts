@@ -7,7 +7,7 @@ import type { ErrorCode } from '../errors.js';
 import { CONCURRENCY_WAIT_HINT_MS, type RuleOutcome, type StoreDecision } from '../store/store.js';
 import type { LimitRule, RuleSet } from './rules.js';
 
-export type RefusalCode = Extract<ErrorCode, 'rate_limited' | 'quota_exceeded' | 'concurrency_limited' | 'queue_full'>;
+type RefusalCode = Extract<ErrorCode, 'rate_limited' | 'quota_exceeded' | 'concurrency_limited' | 'queue_full'>;
 
 const CODE_OF_KIND = { rate: 'rate_limited', quota: 'quota_exceeded', concurrency: 'concurrency_limited' } as const;
 

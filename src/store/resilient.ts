@@ -44,11 +44,6 @@ export class ResilientStore implements LimitStore {
     private readonly logger: Logger,
   ) {}
 
-  /** undefined while the shared store answers; else since when (ms epoch) it has not. */
-  get degraded(): number | undefined {
-    return this.degradedSince;
-  }
-
   async decide(request: DecideRequest): Promise<StoreDecision> {
     if (this.degradedSince === undefined || this.probeDue()) {
       try {
