@@ -4,11 +4,11 @@
  * from ARGV instead of Redis TIME). Redis-only checks (key TTLs, failure modes, a differential
  * run against the memory store) follow the contract.
  */
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../src/store/memory.js';
 import { RedisStore } from '../src/store/redis.js';
 import { StoreUnavailableError, type DecideRequest, type LimitStore, type StoreDecision, type StoreRule } from '../src/store/store.js';
-import { redisAvailable, sharedRedis, SHARED_REDIS_URL, type TestRedis } from './helpers/redis.js';
+import { describeWithRedis, redisStoreFixture, type TestRedis } from './helpers/redis.js';
 import { relayTo, type Relay } from './helpers/relay.js';
 
 const T0 = 1_700_000_000_000; // 2023-11-14T22:13:20Z: 2_800_000 ms before the hour ends, 6_400_000 before the day
@@ -174,6 +174,62 @@ function contract(backend: Backend): void {
     expect(soonest.outcomes[0]!.waitMs).toBeCloseTo(500, 9);
   });
 
+  it('excluded candidates: never chosen, even the least loaded or the soonest free; the choice among the rest is unchanged', async () => {
+    const keys = [0, 1, 2].map((i) => `${k}:cred${i}`);
+    const shared = rate(`${k}:shared`, 100, 10_000, 100);
+    const perCredential = rate(keys, 10, 10_000, 2);
+    const pick = async (excluded?: number[]) => {
+      const d = await decide([shared, perCredential], { candidates: 3, excluded });
+      return [d.admitted, d.candidate, d.outcomes[0]!.remaining, d.outcomes[1]!.remaining];
+    };
+    // All empty: 0 would win the tie, but it is out.
+    expect(await pick([0])).toEqual([true, 1, 99, 1]);
+    expect(await pick([0])).toEqual([true, 2, 98, 1]);
+    // Excluding one that would not have been chosen changes nothing: 0 is the least loaded.
+    expect(await pick([2])).toEqual([true, 0, 97, 1]);
+    expect(await pick([])).toEqual([true, 0, 96, 0]); // an empty list excludes nobody
+    expect(await pick([0, 2])).toEqual([true, 1, 95, 0]);
+    // Only 2 has room, and it is out: refused (on the rest's soonest, the lowest of equals), nothing consumed.
+    expect(await pick([2])).toEqual([false, 0, 94, 0]);
+    expect(await pick([0, 1])).toEqual([true, 2, 94, 0]);
+    expect(await pick([0, 1])).toEqual([false, 2, 93, 0]);
+    // The shared rule counted once per admission, refusals none: 6 taken, this 7th leaves 93.
+    expect((await decide([shared])).outcomes[0]!.remaining).toBe(93);
+
+    // All full, credential 1 the soonest free, then 2, then 0: fill 1 at T0, 2 at T0 + 200, 0 at T0 + 400.
+    const others = [0, 1, 2].map((i) => `${k}:other${i}`);
+    for (const [i, at] of [[1, 0], [2, 200], [0, 400]] as const) {
+      now = T0 + at;
+      for (let n = 0; n < 2; n++) expect((await decide([rate(others[i]!, 10, 10_000, 2)])).admitted).toBe(true);
+    }
+    now = T0 + 500;
+    const soonest = async (excluded?: number[]) => {
+      const d = await decide([rate(others, 10, 10_000, 2)], { candidates: 3, excluded });
+      expect(d.admitted).toBe(false);
+      return [d.candidate, Math.round(d.outcomes[0]!.waitMs)];
+    };
+    expect(await soonest()).toEqual([1, 500]);
+    expect(await soonest([1])).toEqual([2, 700]);
+    expect(await soonest([0])).toEqual([1, 500]);
+    expect(await soonest([1, 2])).toEqual([0, 900]);
+  });
+
+  it('excluded candidates: a rule shared by every candidate (concurrency) still counts once, and its lease is taken once', async () => {
+    const keys = [0, 1, 2].map((i) => `${k}:cred${i}`);
+    const inFlight = concurrency(`${k}:inflight`, 2);
+    const perCredential = rate(keys, 10, 10_000, 5);
+    const first = await decide([inFlight, perCredential], { candidates: 3, excluded: [0] });
+    expect([first.admitted, first.candidate, first.outcomes[0]!.remaining]).toEqual([true, 1, 1]);
+    const second = await decide([inFlight, perCredential], { candidates: 3, excluded: [0, 1] });
+    expect([second.admitted, second.candidate, second.outcomes[0]!.remaining]).toEqual([true, 2, 0]);
+    // Full: refused on the shared rule, whichever candidates are out.
+    const third = await decide([inFlight, perCredential], { candidates: 3, excluded: [1] });
+    expect([third.admitted, third.candidate, third.outcomes[0]]).toEqual([false, 0, outcome(false, 0, 0, 0)]);
+    // Each per-credential bucket was consumed once, by its own admission only.
+    const level = async (i: number) => (await decide([rate(keys[i]!, 10, 10_000, 5)])).outcomes[0]!.remaining;
+    expect([await level(0), await level(1), await level(2)]).toEqual([4, 3, 3]);
+  });
+
   describe('fair share of one rate (100/s, burst 10) between tenants, over 20 s', () => {
     const run = (senders: Sender[], capacity = 100, burst = 10, seconds = 20, tickMs = 10) =>
       flood(backend.store(), (s) => fairRate(`${k}:fair`, capacity, 1000, burst, s.tenant, s.weight, s.reservePerMs), senders, seconds * 1000, tickMs);
@@ -307,52 +363,29 @@ describe('MemoryStore', () => {
   });
 });
 
-// Like every Redis test here: no Redis is a failure that says so, never a silent skip.
-const probe = await redisAvailable().then(
-  (up) => (up ? undefined : new Error(`no Redis on ${SHARED_REDIS_URL} (start it, or run .ci/run)`)),
-  (error: Error) => error,
-);
-
-if (probe) {
-  describe('RedisStore', () => it('needs Redis', () => expect.fail(probe.message)));
-} else {
-  describe('RedisStore', () => {
-    let redis: TestRedis;
-    let store: RedisStore;
-    let test = 0;
-    beforeAll(async () => {
-      redis = await sharedRedis();
-      store = RedisStore.connect({ url: redis.url, prefix: redis.prefix, timeoutMs: 2000, clock });
-      expect(await store.waitReady(5000)).toBe(true);
-    });
-    afterAll(async () => {
-      await store?.close();
-      await redis?.cleanup();
-    });
-    // Every key any case wrote has a TTL: nothing the store writes can outlive its use.
-    afterEach(async () => {
-      for (const key of await redis.keys()) expect(await redis.client.pttl(key), `${key} has no TTL`).not.toBe(-1);
-    });
-    contract({
-      name: 'redis',
-      tag: () => `{${redis.prefix}:${++test}}`,
-      store: () => store,
-      // PEXPIRE runs on Redis's real clock, not the driven one: check that the keys are the
-      // memory store's keys and that each TTL is what the memory store gives (less the time since).
-      async expectLifetimes(expected) {
-        const tag = Object.keys(expected)[0]!.split('}')[0]!;
-        const keys = (await redis.keys()).filter((key) => key.startsWith(`${tag}}`));
-        expect(keys.sort()).toEqual(Object.keys(expected).sort());
-        for (const [key, ms] of Object.entries(expected)) {
-          const ttl = await redis.client.pttl(key);
-          expect(ttl).toBeLessThanOrEqual(ms);
-          expect(ttl).toBeGreaterThan(ms - 500);
-        }
-      },
-    });
-    redisOnly(() => ({ redis, store }));
+await describeWithRedis('RedisStore', () => {
+  const fixture = redisStoreFixture(clock);
+  let test = 0;
+  contract({
+    name: 'redis',
+    tag: () => `{${fixture().redis.prefix}:${++test}}`,
+    store: () => fixture().store,
+    // PEXPIRE runs on Redis's real clock, not the driven one: check that the keys are the
+    // memory store's keys and that each TTL is what the memory store gives (less the time since).
+    async expectLifetimes(expected) {
+      const tag = Object.keys(expected)[0]!.split('}')[0]!;
+      const { redis } = fixture();
+      const keys = (await redis.keys()).filter((key) => key.startsWith(`${tag}}`));
+      expect(keys.sort()).toEqual(Object.keys(expected).sort());
+      for (const [key, ms] of Object.entries(expected)) {
+        const ttl = await redis.client.pttl(key);
+        expect(ttl).toBeLessThanOrEqual(ms);
+        expect(ttl).toBeGreaterThan(ms - 500);
+      }
+    },
   });
-}
+  redisOnly(fixture);
+});
 
 /** Failure modes and a differential run, only meaningful for Redis. */
 function redisOnly(ctx: () => { redis: TestRedis; store: RedisStore }): void {

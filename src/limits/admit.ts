@@ -35,6 +35,8 @@ export interface AdmitRequest {
   path: string;
   /** X-Sluice-Priority rank (queue order). */
   rank: number;
+  /** Pool members out of rotation, asked at every attempt: a rule per credential never picks them. */
+  outOfRotation?: (() => readonly number[] | undefined) | undefined;
   /** Aborts when the client leaves (asked for only when the request queues): it leaves the queue. */
   clientGone: () => AbortSignal;
 }
@@ -70,7 +72,8 @@ export class Limiter {
     const set = request.limits.forRequest(request.method, request.path, request.tenant);
     if (!set) return NO_LIMITS;
     const lease = set.concurrencyRules.length > 0 ? `${this.instance}:${(this.sequence++).toString(36)}` : NO_LEASE;
-    const first = (await this.attempt(set, lease)).value;
+    const attempt = () => this.attempt(set, lease, set.candidates > 1 ? request.outOfRotation?.() : undefined);
+    const first = (await attempt()).value;
     const onLimit = request.limits.onLimit;
     if (first.admitted || !onLimit) return first;
 
@@ -87,7 +90,7 @@ export class Limiter {
       rank: request.rank,
       deadline: enqueuedAt + onLimit.queueMs,
       signal: request.clientGone(),
-      attempt: () => this.attempt(set, lease),
+      attempt,
     });
     const verdict = result.value ?? refusal;
     return verdict.admitted ? { ...verdict, queuedMs: performance.now() - enqueuedAt } : verdict;
@@ -98,10 +101,11 @@ export class Limiter {
     await this.store.close();
   }
 
-  private async attempt(set: RuleSet, lease: string): Promise<Attempt<Verdict>> {
+  private async attempt(set: RuleSet, lease: string, excluded: readonly number[] | undefined): Promise<Attempt<Verdict>> {
     const decision = await this.store.decide({
       rules: set.storeRules,
       candidates: set.candidates,
+      excluded,
       lease,
       leaseTtlMs: this.leaseTtlMs,
     });

@@ -26,7 +26,7 @@ export const DECIDE_LUA = String.raw`
 --[[
 KEYS  every rule's state keys in rule order: one shared key, or one per credential candidate.
 ARGV  1 now in ms ('' = Redis TIME; tests pass their driven clock)
-      2 candidates   3 lease id   4 lease TTL ms
+      2 candidates   3 lease id   4 lease TTL ms   5 excluded candidates (0-based, comma-separated)
       then 10 fields per rule: kind ('r' rate, 'f' fair-share rate, 'q' quota, 'c' concurrency),
       key count, limit, periodMs, burst, shadow ('1' or '0'), and for 'f' only (else ''):
       tenant, weight, reservePerMs, activeWindowMs.
@@ -60,6 +60,8 @@ ${CLOCK_LUA}
 local candidates = tonumber(ARGV[2])
 local lease = ARGV[3]
 local leaseTtl = tonumber(ARGV[4])
+local excluded = {}
+for c in string.gmatch(ARGV[5], '%d+') do excluded[tonumber(c) + 1] = true end
 
 -- Lifetimes are whole ms in Redis: round up so a key never dies before its memory twin.
 local function expireIn(key, ms)
@@ -272,7 +274,7 @@ local evaluate = { r = rate, f = fairRate, q = quota, c = concurrency }
 
 -- Parse the rules and evaluate every (rule, key) once, before anything is consumed.
 local rules, evaluations, k = {}, {}, 0
-for i = 5, #ARGV, 10 do
+for i = 6, #ARGV, 10 do
   local rule = { kind = ARGV[i], nkeys = tonumber(ARGV[i + 1]), limit = tonumber(ARGV[i + 2]),
     period = tonumber(ARGV[i + 3]), burst = tonumber(ARGV[i + 4]), shadow = ARGV[i + 5] == '1',
     tenant = ARGV[i + 6], weight = tonumber(ARGV[i + 7]), reserve = tonumber(ARGV[i + 8]),
@@ -306,15 +308,23 @@ local function score(c)
   return { ok = ok, load = load, wait = wait }
 end
 
--- store.ts chooseCandidate(): least loaded of those that admit (ties: lowest), else the soonest.
-local scores, best = {}, 1
+-- store.ts chooseCandidate(): of those not excluded, the least loaded of those that admit (ties:
+-- lowest), else the soonest.
+local scores, best = {}, 0
 for c = 1, candidates do scores[c] = score(c) end
-for c = 2, candidates do
-  local a, b = scores[best], scores[c]
-  local better
-  if b.ok ~= a.ok then better = b.ok elseif b.ok then better = b.load < a.load else better = b.wait < a.wait end
-  if better then best = c end
+for c = 1, candidates do
+  if not excluded[c] then
+    if best == 0 then
+      best = c
+    else
+      local a, b = scores[best], scores[c]
+      local better
+      if b.ok ~= a.ok then better = b.ok elseif b.ok then better = b.load < a.load else better = b.wait < a.wait end
+      if better then best = c end
+    end
+  end
 end
+if best == 0 then best = 1 end
 
 local admitted = scores[best].ok
 local reply = { admitted and '1' or '0', tostring(best - 1) }

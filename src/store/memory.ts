@@ -88,7 +88,7 @@ export class MemoryStore implements LimitStore {
     } else {
       const scores: CandidateScore[] = [];
       for (let c = 0; c < request.candidates; c++) scores.push(score(request.rules, per(c)));
-      candidate = chooseCandidate(scores);
+      candidate = chooseCandidate(scores, request.excluded);
       admitted = scores[candidate]!.ok;
     }
     const chosen = per(candidate);

@@ -11,6 +11,7 @@ import { hostname } from 'node:os';
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { DECIDE_LUA } from './decide.lua.js';
 import { HEARTBEAT_LUA, RENEW_LUA } from './lease.lua.js';
+import { defineTokenCommands, RedisTokenStore, type TokenScripts } from './redis-tokens.js';
 import {
   StoreUnavailableError,
   type DecideRequest,
@@ -19,6 +20,7 @@ import {
   type RuleOutcome,
   type StoreDecision,
 } from './store.js';
+import type { TokenStore } from './tokens.js';
 
 export interface RedisStoreOptions {
   /**
@@ -50,7 +52,7 @@ interface Scripts {
   sluiceRenew: Script;
   sluiceHeartbeat: Script;
 }
-type Client = (Redis | Cluster) & Scripts;
+type Client = (Redis | Cluster) & Scripts & TokenScripts;
 
 const KIND = { rate: 'r', quota: 'q', concurrency: 'c' } as const;
 
@@ -79,6 +81,7 @@ export class RedisStore implements LimitStore {
     client.defineCommand('sluiceDecide', { lua: DECIDE_LUA });
     client.defineCommand('sluiceRenew', { lua: RENEW_LUA, numberOfKeys: 1 });
     client.defineCommand('sluiceHeartbeat', { lua: HEARTBEAT_LUA, numberOfKeys: 1 });
+    defineTokenCommands(client);
     // Without an 'error' listener ioredis's errors would be thrown as unhandled 'error' events.
     client.on('error', (error: Error) => this.setAvailable(false, error));
     client.on('close', () => this.setAvailable(false));
@@ -146,6 +149,11 @@ export class RedisStore implements LimitStore {
     await this.quietly(leases.map(({ key, id }) => this.client.sluiceRenew(key, now, ttlMs, id)));
   }
 
+  /** Credential state on the same client, with the same bound on every call and the same test clock. */
+  tokens(): TokenStore {
+    return new RedisTokenStore(this.client, (promise) => this.bounded(promise), this.clock);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -193,7 +201,7 @@ export class RedisStore implements LimitStore {
 
 /** ARGV of decide.lua (its header documents the layout). */
 function encode(request: DecideRequest, now: number | undefined): (string | number)[] {
-  const argv: (string | number)[] = [now ?? '', request.candidates, request.lease, request.leaseTtlMs];
+  const argv: (string | number)[] = [now ?? '', request.candidates, request.lease, request.leaseTtlMs, request.excluded?.join(',') ?? ''];
   for (const rule of request.rules) {
     const fair = rule.kind === 'rate' ? rule.fair : undefined;
     argv.push(fair ? 'f' : KIND[rule.kind], rule.keys.length, rule.limit, rule.periodMs, rule.burst, rule.shadow ? 1 : 0);

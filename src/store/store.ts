@@ -41,6 +41,8 @@ export interface DecideRequest {
   rules: readonly StoreRule[];
   /** Credential candidates (a token pool's size; 1 otherwise): the store picks the least loaded that admits. */
   candidates: number;
+  /** Candidates out of rotation (pool tokens cooling down after a 401/403): never chosen. */
+  excluded?: readonly number[] | undefined;
   /** Id of the concurrency lease taken if the request is admitted (unique per request). */
   lease: string;
   /** Lease lifetime in ms: a crashed instance's leases expire after it. */
@@ -96,8 +98,8 @@ export class StoreUnavailableError extends Error {
 export const CONCURRENCY_WAIT_HINT_MS = 1000;
 
 /**
- * Which candidate a decision settles on, identically in both stores: the least loaded of those
- * that admit (ties: the lowest index), else the one that admits soonest.
+ * Which candidate a decision settles on, identically in both stores: of those not excluded, the
+ * least loaded of those that admit (ties: the lowest index), else the one that admits soonest.
  */
 export interface CandidateScore {
   ok: boolean;
@@ -105,12 +107,17 @@ export interface CandidateScore {
   waitMs: number;
 }
 
-export function chooseCandidate(scores: readonly CandidateScore[]): number {
-  let best = 0;
-  for (let i = 1; i < scores.length; i++) {
+export function chooseCandidate(scores: readonly CandidateScore[], excluded: readonly number[] = []): number {
+  let best = -1;
+  for (let i = 0; i < scores.length; i++) {
+    if (excluded.includes(i)) continue;
+    if (best < 0) {
+      best = i;
+      continue;
+    }
     const a = scores[best]!;
     const b = scores[i]!;
     if (b.ok !== a.ok ? b.ok : b.ok ? b.load < a.load : b.waitMs < a.waitMs) best = i;
   }
-  return best;
+  return Math.max(best, 0); // all excluded cannot happen: the pool refuses before it asks
 }

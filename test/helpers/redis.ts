@@ -9,6 +9,8 @@ import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { RedisStore } from '../../src/store/redis.js';
 
 export const SHARED_REDIS_URL = 'redis://127.0.0.1:6379';
 
@@ -36,6 +38,48 @@ export async function redisAvailable(): Promise<boolean> {
   } finally {
     client.disconnect();
   }
+}
+
+/**
+ * `describe(name, body)` when the shared Redis answers; without it, one failing test that says so.
+ * Redis tests never skip, in CI or out.
+ */
+export async function describeWithRedis(name: string, body: () => void): Promise<void> {
+  const probe = await redisAvailable().then(
+    (up) => (up ? undefined : new Error(`no Redis on ${SHARED_REDIS_URL} (start it, or run .ci/run)`)),
+    (error: Error) => error,
+  );
+  if (probe) describe(name, () => it('needs Redis', () => expect.fail(probe.message)));
+  else describe(name, body);
+}
+
+export interface RedisStoreFixture {
+  redis: TestRedis;
+  store: RedisStore;
+}
+
+/**
+ * For the describe block it is called in: a RedisStore on the shared Redis, with a prefix of its
+ * own and the test's driven clock; afterwards every key a test left must have a TTL (nothing the
+ * store writes may outlive its use).
+ */
+export function redisStoreFixture(clock: () => number): () => RedisStoreFixture {
+  let fixture: RedisStoreFixture | undefined;
+  beforeAll(async () => {
+    const redis = await sharedRedis();
+    const store = RedisStore.connect({ url: redis.url, prefix: redis.prefix, timeoutMs: 2000, clock });
+    fixture = { redis, store };
+    expect(await store.waitReady(5000)).toBe(true);
+  });
+  afterAll(async () => {
+    await fixture?.store.close();
+    await fixture?.redis.cleanup();
+  });
+  afterEach(async () => {
+    const redis = fixture!.redis;
+    for (const key of await redis.keys()) expect(await redis.client.pttl(key), `${key} has no TTL`).not.toBe(-1);
+  });
+  return () => fixture!;
 }
 
 export async function sharedRedis(): Promise<TestRedis> {
