@@ -8,6 +8,9 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DestinationStream } from 'pino';
 import { ConfigError, isLoopback, loadConfigFile, type LoadedConfig } from './config/load.js';
+import { refreshCredentials, credentialsStatus } from './credentials/operations.js';
+import { CredentialRegistry } from './credentials/registry.js';
+import { aesSealer, plainSealer } from './credentials/seal.js';
 import { Limiter } from './limits/admit.js';
 import { watchConfig, type ConfigWatcher } from './config/watch.js';
 import { adminRoutes, createAdminServer, type Readiness } from './observability/admin.js';
@@ -36,6 +39,7 @@ export class Gateway implements ProxyContext {
   private readonly storeConnected: Promise<void>;
   private readonly scrubber: SecretScrubber;
   private readonly pools: PoolRegistry;
+  private readonly credentials: CredentialRegistry;
   private readonly options: GatewayOptions;
   private readonly proxyServer: Server;
   private readonly adminServer: Server;
@@ -45,20 +49,38 @@ export class Gateway implements ProxyContext {
   private constructor(loaded: LoadedConfig, options: GatewayOptions) {
     this.options = options;
     this.scrubber = new SecretScrubber();
-    this.pools = new PoolRegistry();
-    this.policy = new Policy(loaded, this.pools);
-    this.scrubber.update(this.policy.secrets);
     this.logger = createLogger({
       level: loaded.config.log.level,
       scrubber: this.scrubber,
       ...(options.logDestination ? { destination: options.logDestination } : {}),
     });
-    for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
-    const opened = openStore(loaded.config.store, this.logger);
+    const { store: storeConfig, listen } = loaded.config;
+    // Secrets first: nothing may be logged before the scrubber knows them.
+    this.scrubber.update(Policy.secretsOf(loaded.config));
+    const opened = openStore(storeConfig, this.logger);
     this.storeConnected = opened.connected;
-    this.limiter = new Limiter(opened.store, loaded.config.store.leaseTtl);
-    this.proxyServer = createProxyServer(this, loaded.config.listen);
-    this.adminServer = createAdminServer(adminRoutes({ readiness: () => this.readiness() }));
+    this.limiter = new Limiter(opened.store, storeConfig.leaseTtl);
+    this.pools = new PoolRegistry();
+    this.credentials = new CredentialRegistry({
+      store: opened.tokens,
+      sealer: storeConfig.tokenKey === undefined ? plainSealer : aesSealer(storeConfig.tokenKey),
+      prefix: storeConfig.prefix,
+      logger: this.logger,
+      learnSecret: (value) => this.scrubber.learn(value),
+      storeReady: opened.connected,
+    });
+    this.policy = new Policy(loaded, this.pools, this.credentials);
+    for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
+    this.proxyServer = createProxyServer(this, listen);
+    this.adminServer = createAdminServer(
+      adminRoutes({
+        readiness: () => this.readiness(),
+        status: () => this.status(),
+        refreshCredentials: (upstream, force, from) => refreshCredentials(this.policy, this.logger, upstream, force, from),
+        adminToken: listen.adminToken,
+        loopback: isLoopback(listen.admin.host),
+      }),
+    );
   }
 
   /** Loads the config and listens; throws ConfigError for a bad file, or the listen error. */
@@ -73,6 +95,7 @@ export class Gateway implements ProxyContext {
     } catch (err) {
       gateway.proxyServer.close();
       gateway.adminServer.close();
+      gateway.credentials.close();
       await Promise.all([gateway.pools.close(), gateway.limiter.close()]);
       throw err;
     }
@@ -96,6 +119,17 @@ export class Gateway implements ProxyContext {
 
   get adminAddress(): AddressInfo {
     return this.adminServer.address() as AddressInfo;
+  }
+
+  /** GET /status: what this instance runs, and the state of every upstream's credentials. */
+  async status(): Promise<Record<string, unknown>> {
+    const policy = this.policy;
+    return {
+      version: policy.version,
+      source: policy.source,
+      store: { type: policy.config.store.type },
+      credentials: await credentialsStatus(policy),
+    };
   }
 
   readiness(): Readiness {
@@ -138,11 +172,13 @@ export class Gateway implements ProxyContext {
     }
     for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
     const previous = this.policy;
-    this.policy = new Policy({ ...loaded, config: { ...loaded.config, listen: running.listen, store: running.store, tls: running.tls } }, this.pools);
+    const config = { ...loaded.config, listen: running.listen, store: running.store, tls: running.tls };
     // Secrets of earlier configs stay redacted: requests on them may still be logging.
-    this.scrubber.update([...previous.secrets, ...this.policy.secrets]);
+    this.scrubber.update([...previous.secrets, ...Policy.secretsOf(config)]);
+    this.policy = new Policy({ ...loaded, config }, this.pools, this.credentials);
     this.logger.level = loaded.config.log.level;
     this.pools.retainOnly(this.policy.pools());
+    this.credentials.retainOnly(this.policy.credentialProviders());
     this.logger.info({ from: previous.version, to: loaded.version }, 'config reloaded');
     return { ok: true, version: loaded.version, changed: true };
   }
@@ -180,6 +216,7 @@ export class Gateway implements ProxyContext {
     }
     this.adminServer.close();
     this.adminServer.closeAllConnections();
+    this.credentials.close();
     await Promise.all([this.pools.close(), this.limiter.close()]);
     this.logger.info('stopped');
     // Bounded: with stdout gone (a closed pipe) a flush would never call back.

@@ -6,7 +6,8 @@
 import type { Pool } from 'undici';
 import type { LoadedConfig } from './config/load.js';
 import type { Config, UpstreamConfig } from './config/schema.js';
-import { credentialProvider, credentialSecrets, type CredentialProvider } from './credentials/inject.js';
+import { credentialSecrets, type CredentialProvider } from './credentials/provider.js';
+import type { CredentialRegistry } from './credentials/registry.js';
 import { GatewayError } from './errors.js';
 import { UpstreamLimits } from './limits/rules.js';
 import type { Intake } from './proxy/intake.js';
@@ -49,21 +50,27 @@ export class Policy {
   readonly secrets: readonly string[];
   private readonly router: Router<UpstreamProfile>;
 
-  constructor(loaded: LoadedConfig, pools: PoolRegistry) {
+  constructor(loaded: LoadedConfig, pools: PoolRegistry, credentials: CredentialRegistry) {
     const { config } = loaded;
     this.config = config;
     this.source = loaded.source;
     this.version = loaded.version;
     this.tenants = new TenantDirectory(config.tenants, loaded.tenantsWithoutKey);
     const upstreams = Object.entries(config.upstreams).map(([name, up]) =>
-      upstreamProfile(name, up, config, pools, loaded.credentialsMissing.get(name)),
+      upstreamProfile(name, up, config, pools, credentials, loaded.credentialsMissing.get(name)),
     );
     this.upstreams = new Map(upstreams.map((u) => [u.name, u]));
     this.router = new Router(upstreams);
-    this.secrets = [
+    this.secrets = Policy.secretsOf(config);
+  }
+
+  /** Every configured secret value, for log redaction (known before anything can log). */
+  static secretsOf(config: Config): string[] {
+    return [
       ...Object.values(config.tenants ?? {}).map((t) => t.key),
       ...Object.values(config.upstreams).flatMap((u) => credentialSecrets(u.credentials)),
       config.listen.adminToken ?? '',
+      config.store.tokenKey ?? '',
       ...redisPasswords(config.store.url),
     ].filter((s) => s.length >= 4);
   }
@@ -71,6 +78,11 @@ export class Policy {
   /** The pools this policy sends through (the registry closes the others after a swap). */
   pools(): Set<Pool> {
     return new Set([...this.upstreams.values()].map((u) => u.dispatcher));
+  }
+
+  /** The credential providers this policy uses (the registry closes the others after a swap). */
+  credentialProviders(): Set<CredentialProvider> {
+    return new Set([...this.upstreams.values()].flatMap((u) => (u.credentials ? [u.credentials] : [])));
   }
 
   /** Which upstream, and which path on it; 403 for anything no upstream matches. */
@@ -91,6 +103,7 @@ function upstreamProfile(
   up: UpstreamConfig,
   config: Config,
   pools: PoolRegistry,
+  credentials: CredentialRegistry,
   credentialsMissing: string[] | undefined,
 ): UpstreamProfile {
   const target = up.target;
@@ -100,7 +113,7 @@ function upstreamProfile(
     hostHeader: target.host,
     basePath: target.pathname === '/' ? '' : target.pathname.replace(/\/$/, ''),
     dispatcher: pools.acquire({ origin: target.origin, connectTimeoutMs: up.timeouts.connect, connections: up.connections }),
-    credentials: credentialsMissing ? undefined : credentialProvider(name, up.credentials),
+    credentials: credentialsMissing || !up.credentials ? undefined : credentials.acquire(name, up.credentials),
     credentialsMissing,
     headersTimeoutMs: up.timeouts.headers,
     bodyIdleTimeoutMs: up.timeouts.bodyIdle,

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, testConfig, type TestGateway } from './helpers/gateway.js';
 import { spawnGateway } from './helpers/process.js';
 import { startUpstream, type EchoBody, type FakeUpstream } from './helpers/upstream.js';
+import { until } from './helpers/wait.js';
 
 const KEY = { 'x-sluice-key': 'acme:acme-secret-key-1' };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -49,13 +50,6 @@ function traffic(gw: TestGateway, max = 5_000) {
   };
 }
 
-async function until(check: () => Promise<boolean> | boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await sleep(20);
-  }
-}
 
 describe('hot reload on file change', () => {
   let gw: TestGateway;

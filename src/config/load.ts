@@ -186,6 +186,7 @@ function crossChecks(config: Config, at: At): string[] {
         problems.push(at(['upstreams', name, 'limits', i, 'per'], 'per: credential needs credentials on the upstream'));
       }
     });
+    problems.push(...credentialChecks(up.credentials, (path, message) => at(['upstreams', name, 'credentials', ...path], message)));
   }
   if (config.tenants === undefined && !isLoopback(config.listen.proxy.host)) {
     problems.push(
@@ -195,6 +196,18 @@ function crossChecks(config: Config, at: At): string[] {
           "the gateway an open relay for the upstreams' credentials; add tenants with keys, or listen on 127.0.0.1",
       ),
     );
+  }
+  return problems;
+}
+
+function credentialChecks(credentials: Config['upstreams'][string]['credentials'], at: At): string[] {
+  if (credentials?.type !== 'oauth2') return [];
+  const problems: string[] = [];
+  if (credentials.grant === 'refresh_token' && credentials.refreshToken === undefined) {
+    problems.push(at(['refreshToken'], 'is required by grant refresh_token'));
+  }
+  if (credentials.grant === 'client_credentials' && credentials.refreshToken !== undefined) {
+    problems.push(at(['refreshToken'], 'is not used by grant client_credentials; remove it'));
   }
   return problems;
 }

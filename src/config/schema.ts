@@ -151,19 +151,27 @@ const poolCredentials = z.strictObject({
   header: z.string().min(1),
   tokens: z.array(secret).min(1),
   format: z.string().includes('{token}').optional(),
+  /** A token the upstream answers 401 or 403 to is out of rotation this long, on every instance. */
+  coolDown: duration.default(300_000),
 });
 const oauth2Credentials = z.strictObject({
   type: z.literal('oauth2'),
   grant: z.enum(['refresh_token', 'client_credentials']),
   tokenUrl: z.url({ protocol: /^https?$/ }),
-  clientId: z.string(),
+  clientId: secret,
   clientSecret: secret,
   refreshToken: secret.optional(),
   scope: z.string().optional(),
+  /** How the client id and secret travel: form fields (body, as Zoho wants) or HTTP Basic (RFC 6749 §2.3.1). */
+  clientAuth: z.enum(['body', 'basic']).default('body'),
   header: z.string().min(1).default('Authorization'),
   format: z.string().includes('{token}').default('Bearer {token}'),
   refreshBefore: duration.default(300_000),
-  refreshLimit: z.strictObject({ every: duration.optional(), max: z.number().int().positive(), per: duration }).optional(),
+  refreshLimit: z
+    .strictObject({ every: duration.default(0), max: z.number().int().positive(), per: duration })
+    .default({ every: 0, max: 10, per: 600_000 }),
+  /** Longest wait for the token endpoint's answer. */
+  timeout: duration.default(10_000),
 });
 
 const credentials = z.discriminatedUnion('type', [basicCredentials, headerCredentials, poolCredentials, oauth2Credentials]);
@@ -238,11 +246,17 @@ export const configSchema = z.strictObject({
       prefix: z.string().regex(/^[A-Za-z0-9_.:-]+$/, 'must be letters, digits, "_", ".", ":" or "-"').default('sluice'),
       timeout: duration.default(250),
       leaseTtl: duration.default(30_000),
+      /** Seals OAuth2 tokens kept in the store (AES-256-GCM); give it from the environment. */
+      tokenKey: secret.optional(),
     })
     .prefault({})
     .refine((s) => s.type !== 'redis' || s.url !== undefined, { message: 'type redis needs url', path: ['url'] })
     .refine((s) => s.timeout > 0, { message: 'must be more than 0', path: ['timeout'] })
-    .refine((s) => s.leaseTtl >= 3_000, { message: 'must be at least 3s (leases are renewed every third of it)', path: ['leaseTtl'] }),
+    .refine((s) => s.leaseTtl >= 3_000, { message: 'must be at least 3s (leases are renewed every third of it)', path: ['leaseTtl'] })
+    .refine((s) => s.tokenKey === undefined || s.tokenKey.length >= 16, {
+      message: 'must be at least 16 characters (32 random bytes in base64: openssl rand -base64 32)',
+      path: ['tokenKey'],
+    }),
   tls: z
     .strictObject({ caDir: z.string().default('./.sluice/ca'), caCert: z.string().optional(), caKey: z.string().optional() })
     .prefault({}),

@@ -1,10 +1,13 @@
 /**
- * The admin listener (`listen.admin`): health for orchestrators now; metrics and status join it
- * as those features land. Routes are a table of exact paths, so each feature adds its own entry.
+ * The admin listener (`listen.admin`): health for orchestrators, the status API, and the admin
+ * actions. Routes are a table of paths (a key ending in "/" takes every path under it), so each
+ * feature adds its own entry. Actions (POST) need `listen.adminToken` as a Bearer token when one
+ * is configured, and are refused without one unless the listener is on loopback.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 
-export type AdminHandler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
+export type AdminHandler = (req: IncomingMessage, res: ServerResponse, path: string) => void | Promise<void>;
 
 export interface Readiness {
   ready: boolean;
@@ -12,13 +15,28 @@ export interface Readiness {
   reasons: string[];
 }
 
-export interface AdminContext {
-  readiness(): Readiness;
+/** An admin action's answer: its status, JSON body and extra headers (Retry-After). */
+export interface ActionResult {
+  status: number;
+  body: Record<string, unknown>;
+  headers?: Record<string, string>;
 }
 
-export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+export interface AdminContext {
+  readiness(): Readiness;
+  /** GET /status. */
+  status(): Promise<Record<string, unknown>>;
+  /** POST /credentials/<upstream>/refresh[?force=true]; the context logs it as an audit event. */
+  refreshCredentials(upstream: string, force: boolean, from: string): Promise<ActionResult>;
+  /** listen.adminToken, if configured. */
+  adminToken: string | undefined;
+  /** The admin listener is on a loopback address. */
+  loopback: boolean;
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', ...headers });
   res.end(text);
 }
 
@@ -32,18 +50,69 @@ export function adminRoutes(ctx: AdminContext): Map<string, AdminHandler> {
         sendJson(res, ready ? 200 : 503, ready ? { status: 'ready' } : { status: 'not_ready', reasons });
       },
     ],
+    ['/status', async (req, res) => (allowed(req, res, 'GET') ? sendJson(res, 200, await ctx.status()) : undefined)],
+    [
+      '/credentials/',
+      async (req, res, path) => {
+        const match = /^\/credentials\/([^/]+)\/refresh$/.exec(path);
+        if (!match) return sendJson(res, 404, { error: 'not_found', message: 'use POST /credentials/<upstream>/refresh' });
+        if (!allowed(req, res, 'POST') || !authorized(ctx, req, res)) return;
+        const force = new URL(req.url ?? '/', 'http://admin').searchParams.get('force') === 'true';
+        const upstream = decodedOrRaw(match[1]!);
+        const result = await ctx.refreshCredentials(upstream, force, req.socket.remoteAddress ?? '');
+        sendJson(res, result.status, result.body, result.headers);
+      },
+    ],
   ]);
 }
 
+/** A malformed escape is no reason for a 500: the raw text simply names no upstream. */
+function decodedOrRaw(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+function allowed(req: IncomingMessage, res: ServerResponse, method: string): boolean {
+  if (req.method === method || (method === 'GET' && req.method === 'HEAD')) return true;
+  sendJson(res, 405, { error: 'method_not_allowed', message: `use ${method}` }, { allow: method });
+  return false;
+}
+
+/** Admin actions: the Bearer token when one is configured; without one, loopback only. */
+function authorized(ctx: AdminContext, req: IncomingMessage, res: ServerResponse): boolean {
+  if (ctx.adminToken === undefined) {
+    if (ctx.loopback) return true;
+    sendJson(res, 403, { error: 'forbidden', message: 'admin actions on a non-loopback listener need listen.adminToken' });
+    return false;
+  }
+  const header = req.headers.authorization ?? '';
+  const given = header.startsWith('Bearer ') ? header.slice(7) : '';
+  // Digests have equal length, so the comparison takes the same time whatever was sent.
+  if (timingSafeEqual(sha256(given), sha256(ctx.adminToken))) return true;
+  sendJson(res, 401, { error: 'unauthorized', message: 'admin actions need Authorization: Bearer <listen.adminToken>' }, {
+    'www-authenticate': 'Bearer realm="sluice-admin"',
+  });
+  return false;
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
 export function createAdminServer(routes: ReadonlyMap<string, AdminHandler>): Server {
+  const subtrees = [...routes.keys()].filter((key) => key.endsWith('/'));
   return createServer({ headersTimeout: 5_000, requestTimeout: 10_000 }, (req, res) => {
     const path = (req.url ?? '/').split('?', 1)[0]!;
-    const handler = routes.get(path);
+    const handler = routes.get(path) ?? routes.get(subtrees.find((key) => path.startsWith(key)) ?? '');
     if (!handler) {
-      sendJson(res, 404, { error: 'not_found', message: `no admin endpoint at ${path}`, endpoints: [...routes.keys()] });
+      const endpoints = [...routes.keys()].map((key) => (key.endsWith('/') ? `${key}*` : key));
+      sendJson(res, 404, { error: 'not_found', message: `no admin endpoint at ${path}`, endpoints });
       return;
     }
-    Promise.resolve(handler(req, res)).catch(() => {
+    Promise.resolve(handler(req, res, path)).catch(() => {
       if (!res.headersSent) sendJson(res, 500, { error: 'internal_error', message: 'the admin endpoint failed' });
       else res.destroy();
     });

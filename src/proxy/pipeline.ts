@@ -1,7 +1,7 @@
 /**
  * One request's path through the gateway, in order:
  *
- *   intake → identify → route → admit → authorize → forward → log
+ *   intake → identify → route → admit → authorize → forward → learn → log
  *
  * Each stage is a small function that either returns what the next one needs or throws a
  * GatewayError (admit returns its refusal as a value, which becomes one here); refusals are
@@ -9,7 +9,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import type { Credential } from '../credentials/inject.js';
+import type { CredentialProvider } from '../credentials/provider.js';
 import { GatewayError } from '../errors.js';
 import type { Admission, Limiter } from '../limits/admit.js';
 import { priorityRank, QueueAbortedError } from '../limits/queue.js';
@@ -59,8 +59,10 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     record.tenant = tenant.name;
     const { upstream, path, rulePath } = policy.route(target);
     record.upstream = upstream.name;
+    const credentials = credentialsOf(upstream);
+    credentials?.check();
     const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record);
-    const credential = authorize(upstream, admission.credential);
+    const credential = await credentials?.next(admission.credential);
     const body = requestBody(req, upstream.maxBodySize, upstream.name);
     // Every check passed: now the client may send the body it is holding back (server.ts).
     if (req.headers.expect?.toLowerCase() === '100-continue' && req.httpVersionMinor >= 1) res.writeContinue();
@@ -81,6 +83,8 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
         headersTimeoutMs: upstream.headersTimeoutMs,
         bodyTimeoutMs: upstream.bodyIdleTimeoutMs,
         responseHeaders: admission.headers,
+        // learn: a 401 makes an OAuth2 token suspect, a 401/403 takes a pool token out of rotation.
+        onStatus: credential && ((status) => credentials!.answered(credential, status)),
       },
       res,
     );
@@ -125,7 +129,8 @@ async function admit(
     return gone.signal;
   };
   const rank = priorityRank(req.headers['x-sluice-priority']);
-  const verdict = await limiter.admit({ limits: upstream.limits, tenant, method: record.method, path, rank, clientGone });
+  const outOfRotation = upstream.credentials?.outOfRotation?.bind(upstream.credentials);
+  const verdict = await limiter.admit({ limits: upstream.limits, tenant, method: record.method, path, rank, outOfRotation, clientGone });
   if (!verdict.admitted) {
     record.limit = verdict.rule.name;
     throw refusalError(verdict, upstream, tenant);
@@ -150,13 +155,18 @@ function refusalError(refusal: Refusal, upstream: UpstreamProfile, tenant: Tenan
   });
 }
 
-function authorize(upstream: UpstreamProfile, poolMember: number | undefined): Credential | undefined {
+/**
+ * The upstream's credential provider (undefined: it takes none). Its check() runs before the
+ * admission, so a request that could get no credential uses up no limit; the credential itself is
+ * taken after it (authorize), for the pool member the limits chose.
+ */
+function credentialsOf(upstream: UpstreamProfile): CredentialProvider | undefined {
   if (upstream.credentialsMissing) {
     throw new GatewayError('credentials_missing', 'the gateway has no credentials configured for this upstream', {
       upstream: upstream.name,
     });
   }
-  return upstream.credentials?.next(poolMember);
+  return upstream.credentials;
 }
 
 /** The log line for a request refused before the pipeline could take it (CONNECT, Expect). */

@@ -24,6 +24,8 @@ export interface UpstreamRequest {
   bodyTimeoutMs: number;
   /** Headers of the gateway's own added to the response (RateLimit); they replace the upstream's of that name. */
   responseHeaders: Record<string, string>;
+  /** Told the upstream's status as soon as it arrives (the learn stage). */
+  onStatus?: ((status: number) => void) | undefined;
 }
 
 /** The client went away: the upstream request is abandoned and nobody is left to answer. */
@@ -74,6 +76,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[]>): void {
     if (statusCode < 200) return; // 1xx informational: Node speaks for itself (100 Continue)
+    this.request.onStatus?.(statusCode);
     this.res.writeHead(statusCode, { ...clientResponseHeaders(headers), ...this.request.responseHeaders });
   }
 
