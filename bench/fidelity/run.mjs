@@ -6,25 +6,28 @@
 //      instances, separate processes sharing one prefix). Clients (load.mjs) flood it; afterwards
 //      the arrivals are checked against the rule: violations, utilisation, fairness, shares, and
 //      how often a refused request is admitted when retried after exactly its retryAfterMs.
+//      Then the OAuth2 token scenario (`token`): token.mjs as a child process (it also runs alone),
+//      3 instances sharing a token through Redis under 401 storms, on a clock scaled 1:60.
 //   2. Decision cost: decide.mjs, decisions per second straight against the store classes.
 //   3. Throughput: bench/overhead with limits off vs generous limits on (memory, Redis), wrk.
 //
 // Environment: FIDELITY_SECONDS (5, per scenario), FIDELITY_SETTLE_MS (1000), FIDELITY_ROUNDS (3,
 // for parts 2 and 3), FIDELITY_ONLY (comma list of scenario keys), FIDELITY_PARTS
 // (scenarios,decide,overhead), FIDELITY_WRK_SECONDS (5), FIDELITY_WRK_CONNECTIONS ("1,50"),
+// FIDELITY_TOKEN_SECONDS (60, the token scenario; its other settings: token.mjs),
 // FIDELITY_REDIS_URL (redis://127.0.0.1:6379), FIDELITY_KEEP_TMP=1 (keep configs and gateway logs).
 import { fork, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
 import { cpus, loadavg, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
 import { trackChildren } from '../lib/children.mjs';
 import { f0, f1, f3, ratio, table } from '../lib/format.mjs';
 import { freePorts } from '../lib/ports.mjs';
+import { cleanRedis, redisAnswers } from '../lib/redis.mjs';
+import { waitReady } from '../lib/ready.mjs';
 import { busyMs, concurrencySweep, jainIndex, maxInWindow, median, quotaViolations, rateViolations, tightestSpan } from './checks.mjs';
 import { drive, nowMs } from './load.mjs';
 
@@ -40,6 +43,7 @@ const ONLY = env.FIDELITY_ONLY ? new Set(env.FIDELITY_ONLY.split(',').map((s) =>
 const PARTS = new Set((env.FIDELITY_PARTS ?? 'scenarios,decide,overhead').split(',').map((s) => s.trim()));
 const WRK_SECONDS = int(env.FIDELITY_WRK_SECONDS, 5);
 const WRK_CONNECTIONS = env.FIDELITY_WRK_CONNECTIONS ?? '1,50';
+const TOKEN_SECONDS = int(env.FIDELITY_TOKEN_SECONDS, 60, 20);
 const BASE_PREFIX = `sluice-fidelity-${process.pid}-${randomBytes(3).toString('hex')}`;
 const INSTANCES_ON_REDIS = 3;
 const HOUR = 3_600_000;
@@ -55,20 +59,8 @@ const { work, track, stopChild, stopAll, stopping } = trackChildren({
   label: 'fidelity',
   keepTmpVar: 'FIDELITY_KEEP_TMP',
   // Each scenario deletes its own keys; after a signal the one cut short has not.
-  onSignal: () => cleanRedis(BASE_PREFIX),
+  onSignal: () => cleanRedis(REDIS_URL, BASE_PREFIX),
 });
-
-function httpGet(url) {
-  return new Promise((resolvePromise, reject) => {
-    const req = httpRequest(url, { agent: false, timeout: 1_000 }, (res) => {
-      res.resume();
-      res.on('end', () => resolvePromise(res.statusCode));
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 function tail(file, lines = 15) {
   try {
@@ -172,51 +164,13 @@ async function startGateway(s, store) {
     name,
   );
   child.errFile = errFile;
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`${name} exited (${child.exitCode})${tail(errFile)}`);
-    try {
-      if ((await httpGet(`http://127.0.0.1:${adminPort}/readyz`)) === 200) break;
-    } catch {}
-    if (Date.now() > deadline) throw new Error(`${name} not ready within 15 s${tail(errFile)}`);
-    await sleep(50);
-  }
+  await waitReady(child, name, adminPort, () => tail(errFile));
   return { child, name, url: `http://127.0.0.1:${port}`, errFile };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Redis housekeeping.
 
-async function cleanRedis(prefix) {
-  const client = new Redis(REDIS_URL, { maxRetriesPerRequest: 1, lazyConnect: true });
-  client.on('error', () => undefined);
-  let deleted = 0;
-  try {
-    await client.connect();
-    let cursor = '0';
-    do {
-      const [next, keys] = await client.scan(cursor, 'MATCH', `*${prefix}*`, 'COUNT', 1000);
-      if (keys.length > 0) deleted += await client.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
-  } finally {
-    client.disconnect();
-  }
-  return deleted;
-}
-
-async function redisAnswers() {
-  const client = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-    return (await client.ping()) === 'PONG';
-  } catch {
-    return false;
-  } finally {
-    client.disconnect();
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Scenarios.
@@ -409,7 +363,7 @@ async function runScenario(s, store) {
     return measure(s, store, list, inFlightMax, results, start, deadline);
   } finally {
     await Promise.all(gateways.map((g) => stopChild(g.child)));
-    if (store.key === 'redis') await cleanRedis(prefix).catch((err) => console.error(`fidelity: Redis cleanup of ${prefix} failed: ${err.message}`));
+    if (store.key === 'redis') await cleanRedis(REDIS_URL, prefix).catch((err) => console.error(`fidelity: Redis cleanup of ${prefix} failed: ${err.message}`));
   }
 }
 
@@ -604,6 +558,19 @@ function runChild(label, cmd, args, extraEnv, onLine) {
   });
 }
 
+/** The OAuth2 token scenario: token.mjs prints its own lines (header included) and leaves its figures in a file. */
+async function tokenScenario() {
+  const jsonFile = join(work, 'token.json');
+  await runChild(
+    'token',
+    process.execPath,
+    [join(HERE, 'token.mjs')],
+    { FIDELITY_TOKEN_JSON: jsonFile, FIDELITY_TOKEN_SECONDS: String(TOKEN_SECONDS), FIDELITY_REDIS_URL: REDIS_URL },
+    (line) => console.log(line),
+  );
+  return JSON.parse(readFileSync(jsonFile, 'utf8'));
+}
+
 async function decisionCost() {
   const [cmd, args] = PIN ? ['taskset', ['-c', '1', process.execPath, join(HERE, 'decide.mjs')]] : [process.execPath, [join(HERE, 'decide.mjs')]];
   const out = await runChild('decide', cmd, args, { FIDELITY_ROUNDS: String(ROUNDS), FIDELITY_REDIS_URL: REDIS_URL }, (line) => {
@@ -642,7 +609,7 @@ async function overhead() {
 
 async function main() {
   if (!existsSync(join(ROOT, 'dist/cli.js'))) throw new Error('dist/cli.js is missing: run `npx tsc -b` first');
-  if (!(await redisAnswers())) throw new Error(`Redis does not answer at ${REDIS_URL} (start it, or set FIDELITY_REDIS_URL)`);
+  if (!(await redisAnswers(REDIS_URL))) throw new Error(`Redis does not answer at ${REDIS_URL} (start it, or set FIDELITY_REDIS_URL)`);
   const began = Date.now();
   console.log(
     [
@@ -651,15 +618,17 @@ async function main() {
       `  gateways  node dist/cli.js start --no-watch, log level info (request log to /dev/null); memory store: 1 instance; Redis (${REDIS_URL}): ${INSTANCES_ON_REDIS} instances sharing one prefix (${BASE_PREFIX}-*, deleted afterwards)`,
       `  upstream  bench/fidelity/upstream.mjs in its own process, recording each arrival; clients (undici) in this process, round robin over the instances, a retry to the next instance`,
       `  scenarios ${seconds} s each (quota 3 s), shares measured after ${SETTLE_MS} ms; not pinned (3 gateways, Redis, upstream and clients share the cores)`,
+      `  token     bench/fidelity/token.mjs: OAuth2 refresh on ${INSTANCES_ON_REDIS} instances sharing Redis, 401 storms, ${TOKEN_SECONDS} s on a clock scaled 1:60`,
       '',
     ].join('\n'),
   );
 
   const scenarioResults = [];
+  let token;
   if (PARTS.has('scenarios')) {
-    await startUpstream();
-    for (const s of SCENARIOS) {
-      if (ONLY && !ONLY.has(s.key)) continue;
+    const chosen = SCENARIOS.filter((s) => !ONLY || ONLY.has(s.key));
+    if (chosen.length) await startUpstream();
+    for (const s of chosen) {
       console.log(`### ${s.title}  [${s.key}]`);
       for (const store of STORES) {
         const m = await runScenario(s, store);
@@ -668,7 +637,11 @@ async function main() {
       }
       console.log('');
     }
-    await stopChild(upstream.child);
+    if (chosen.length) await stopChild(upstream.child);
+    if (!ONLY || ONLY.has('token')) {
+      token = await tokenScenario();
+      console.log('');
+    }
   }
 
   let decide;
@@ -687,6 +660,7 @@ async function main() {
 
   // ---- summary
   const out = ['', `## Summary (bench/fidelity, ${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores, Node ${process.version}; shared noisy machine)`, ''];
+  const checks = [];
   if (scenarioResults.length) {
     out.push(
       '**Limit fidelity** (upstream violations must be 0; utilisation = admitted / what the rule allows over the run; shares after the first second; retry = share of refused requests admitted when sent again after exactly `retryAfterMs`)',
@@ -711,16 +685,43 @@ async function main() {
     const lowShare = scenarioResults.filter((m) => m.worstShare !== undefined && m.worstShare < 0.9);
     const lowRetry = scenarioResults.filter((m) => m.retryAim && !(m.retry.share >= 0.99));
     const quota = scenarioResults.filter((m) => m.scenario === 'quota');
-    const checks = [
+    checks.push(
       ['upstream violations', 'all 0', viol.length === 0 ? 'met' : `missed: ${viol.map((m) => `${m.scenario}/${m.store} ${m.violations}`).join(', ')}`],
       ['utilisation of flooded rules', '≥ 98%', lowUtil.length === 0 ? 'met' : `missed: ${lowUtil.map((m) => `${m.scenario}/${m.store} ${pct(m.utilisation)}`).join(', ')}`],
       ["Jain's index, equal tenants flooding", '≥ 0.99', lowJain.length === 0 ? 'met' : `missed: ${lowJain.map((m) => `${m.scenario}/${m.store} ${f3(m.jain)}`).join(', ')}`],
       ['worst tenant share / target share (weighted, reserve)', '≥ 90%', lowShare.length === 0 ? 'met' : `missed: ${lowShare.map((m) => `${m.scenario}/${m.store} ${pct(m.worstShare, 0)}`).join(', ')}`],
       ['retry after retryAfterMs admitted, single client', '≥ 99%', lowRetry.length === 0 ? 'met' : `missed: ${lowRetry.map((m) => `${m.scenario}/${m.store} ${pct(m.retry.share)}`).join(', ')}`],
       ...quota.map((m) => [`quota 200/h admitted, ${m.storeLabel}`, 'exactly 200', m.arrivals === 200 ? 'met' : `missed: ${m.arrivals}`]),
-    ];
-    out.push(table(['check', 'aim', 'result'], checks), '');
+    );
   }
+  if (token) {
+    const t = token;
+    const { every, max, per } = { every: t.budget.everyMs / 1000, max: t.budget.max, per: t.budget.perMs / 1000 };
+    out.push(
+      `**OAuth2 token refresh** (token.mjs: ${t.instances} instances sharing one token through Redis, ${t.workers} closed-loop clients, ${t.storms} 401 storms in ${t.seconds} s; clock 1:60, so refreshLimit { every: ${every}s, max: ${max}, per: ${per}s } is Zoho's ${max} per ${per} min; a request "waited" when it took ≥ the token endpoint's ${t.delayMs} ms or got 503 credentials_unavailable)`,
+      '',
+      table(
+        ['scenario', 'endpoint calls', `most in any ${per} s (allowed ${max})`, `smallest gap, ms (every ${every * 1000})`, 'waited outside storms', 'waited in storms', 'requests outside / in storms'],
+        [
+          [
+            'token, Redis, 3 instances',
+            String(t.calls),
+            String(t.maxInWindow),
+            f1(t.minGapMs),
+            String(t.outside.waited),
+            String(t.during.waited),
+            `${t.outside.n} / ${t.during.n}`,
+          ],
+        ],
+      ),
+      '',
+    );
+    checks.push(
+      [`OAuth2 token-endpoint calls, ${t.instances} instances`, `≤ ${max} per ${per} s, ≥ ${every} s apart (−${t.toleranceMs} ms)`, t.budgetOk ? 'met' : `missed: ${t.overBudget} over the window, ${t.underEvery} too close`],
+      ['requests that waited on a refresh outside 401 storms', '0', t.waitOk ? 'met' : `missed: ${t.outside.waited}`],
+    );
+  }
+  if (checks.length) out.push(table(['check', 'aim', 'result'], checks), '');
   if (decide) {
     const d = (store, set, o) => decide.results.find((r) => r.store === store && r.set === set && r.outstanding === o) ?? {};
     const sets = ['rate', 'rate+conc', 'fair x4'];
@@ -784,7 +785,7 @@ async function main() {
   }
   out.push(`Whole run: ${((Date.now() - began) / 1000).toFixed(0)} s; load average at the end ${loadavg().map((x) => x.toFixed(2)).join(' ')}.`);
   console.log(out.join('\n'));
-  const left = await cleanRedis(BASE_PREFIX);
+  const left = await cleanRedis(REDIS_URL, BASE_PREFIX);
   if (left > 0) console.log(`(${left} leftover Redis keys under ${BASE_PREFIX} deleted)`);
 }
 
@@ -792,6 +793,6 @@ main().catch(async (err) => {
   if (stopping()) return;
   console.error(`fidelity: ${err.stack ?? err}`);
   await stopAll();
-  await cleanRedis(BASE_PREFIX).catch(() => undefined);
+  await cleanRedis(REDIS_URL, BASE_PREFIX).catch(() => undefined);
   process.exit(1);
 });
