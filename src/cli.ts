@@ -1,12 +1,15 @@
 #!/usr/bin/env node
 /**
- * The command line: `sluice start [--config FILE]`, `sluice check [FILE]`.
+ * The command line: `sluice start [--config FILE]`, `sluice check [FILE]`, `sluice ca [--config FILE]`.
  * The config file is, in order: --config, $SLUICE_CONFIG, ./routes.yaml.
  */
 import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfigFile } from './config/load.js';
 import { Gateway } from './main.js';
+import { CaError, loadOrCreateCa } from './tls/ca.js';
+import { trustInstructions } from './tls/trust.js';
 
 const USAGE = `Usage: sluice <command> [options]
 
@@ -14,6 +17,8 @@ Commands:
   start [--config FILE]   run the gateway (default config: $SLUICE_CONFIG or ./routes.yaml);
                           it reloads the file when it changes, and on SIGHUP
   check [FILE]            validate a config file; exits 1 when it has errors
+  ca [--config FILE]      print the gateway's CA certificate (creating it in tls.caDir if there is
+                          none) and how to make clients trust it
 
 Options:
   -c, --config FILE       the routes.yaml to use
@@ -39,6 +44,19 @@ async function check(file: string): Promise<number> {
     if (!(err instanceof ConfigError)) throw err;
     for (const problem of err.problems) console.error(problem);
     console.error(`${file}: ${err.problems.length} error${err.problems.length === 1 ? '' : 's'}`);
+    return 1;
+  }
+}
+
+async function ca(file: string): Promise<number> {
+  try {
+    const { config } = await loadConfigFile(file);
+    console.log(trustInstructions(await loadOrCreateCa(config.tls, dirname(resolve(file)))));
+    return 0;
+  } catch (err) {
+    if (err instanceof ConfigError) err.problems.forEach((problem) => console.error(problem));
+    else if (err instanceof CaError) console.error(err.message);
+    else throw err;
     return 1;
   }
 }
@@ -108,6 +126,8 @@ async function main(argv: string[]): Promise<number | undefined> {
       return undefined;
     case 'check':
       return check(file);
+    case 'ca':
+      return ca(file);
     default:
       console.error(`sluice: unknown command "${command}"\n\n${USAGE}`);
       return 2;
