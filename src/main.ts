@@ -5,9 +5,11 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DestinationStream } from 'pino';
 import { ConfigError, isLoopback, loadConfigFile, type LoadedConfig } from './config/load.js';
+import type { Config } from './config/schema.js';
 import { refreshCredentials, credentialsStatus } from './credentials/operations.js';
 import { CredentialRegistry } from './credentials/registry.js';
 import { aesSealer, plainSealer } from './credentials/seal.js';
@@ -17,7 +19,10 @@ import { adminRoutes, createAdminServer, type Readiness } from './observability/
 import { createLogger, SecretScrubber, type Logger } from './observability/logger.js';
 import { Policy } from './policy.js';
 import { createProxyServer, type ProxyContext } from './proxy/server.js';
+import { Tunnels } from './proxy/tunnels.js';
 import { openStore } from './store/open.js';
+import { loadOrCreateCa } from './tls/ca.js';
+import { LeafCertificates } from './tls/leaf.js';
 import { PoolRegistry } from './upstream/pools.js';
 
 export interface GatewayOptions {
@@ -36,6 +41,9 @@ export class Gateway implements ProxyContext {
   draining = false;
   readonly logger: Logger;
   readonly limiter: Limiter;
+  readonly tunnels: Tunnels;
+  /** The CA's leaf certificates, once an upstream is intercepted (loaded at start, or at the reload that first needs it). */
+  leaves: LeafCertificates | undefined;
   private readonly storeConnected: Promise<void>;
   private readonly scrubber: SecretScrubber;
   private readonly pools: PoolRegistry;
@@ -61,6 +69,7 @@ export class Gateway implements ProxyContext {
     this.storeConnected = opened.connected;
     this.limiter = new Limiter(opened.store, storeConfig.leaseTtl);
     this.pools = new PoolRegistry();
+    this.tunnels = new Tunnels(listen.maxTunnels);
     this.credentials = new CredentialRegistry({
       store: opened.tokens,
       sealer: storeConfig.tokenKey === undefined ? plainSealer : aesSealer(storeConfig.tokenKey),
@@ -89,6 +98,7 @@ export class Gateway implements ProxyContext {
     const gateway = new Gateway(loaded, options);
     const { listen } = loaded.config;
     try {
+      await gateway.loadCaIfNeeded(loaded.config);
       await gateway.storeConnected;
       await listenOn(gateway.proxyServer, listen.proxy.host, listen.proxy.port);
       await listenOn(gateway.adminServer, listen.admin.host, listen.admin.port);
@@ -121,15 +131,33 @@ export class Gateway implements ProxyContext {
     return this.adminServer.address() as AddressInfo;
   }
 
-  /** GET /status: what this instance runs, and the state of every upstream's credentials. */
+  /** GET /status: what this instance runs, its tunnels, and the state of every upstream's credentials. */
   async status(): Promise<Record<string, unknown>> {
     const policy = this.policy;
     return {
       version: policy.version,
       source: policy.source,
       store: { type: policy.config.store.type },
+      tunnels: this.tunnels.status(),
+      ...(this.leaves ? { tls: { ca: this.leaves.caPath, leaves: this.leaves.stats() } } : {}),
       credentials: await credentialsStatus(policy),
     };
+  }
+
+  /**
+   * The gateway's CA, loaded (or created) when an upstream is first intercepted, and leaf
+   * certificates issued ahead for the host names the config lists, off the request path.
+   */
+  private async loadCaIfNeeded(config: Config): Promise<void> {
+    const intercepted = Object.values(config.upstreams).filter((u) => u.intercept && u.match.hosts.length > 0);
+    if (intercepted.length === 0) return;
+    if (!this.leaves) {
+      const ca = await loadOrCreateCa(config.tls, dirname(this.options.configPath));
+      if (ca.created) this.logger.info({ ca: ca.certPath }, 'created the gateway CA; clients must trust it (sluice ca)');
+      this.leaves = new LeafCertificates(ca);
+    }
+    const names = intercepted.flatMap((u) => u.match.hosts).filter((h) => !h.startsWith('*.'));
+    this.leaves.warm(names.map((h) => h.replace(/:\d+$/, ''))).catch((err: unknown) => this.logger.warn({ err }, 'could not issue leaf certificates ahead'));
   }
 
   readiness(): Readiness {
@@ -175,6 +203,11 @@ export class Gateway implements ProxyContext {
     const config = { ...loaded.config, listen: running.listen, store: running.store, tls: running.tls };
     // Secrets of earlier configs stay redacted: requests on them may still be logging.
     this.scrubber.update([...previous.secrets, ...Policy.secretsOf(config)]);
+    try {
+      await this.loadCaIfNeeded(config);
+    } catch (err) {
+      return this.rejectReload([err instanceof Error ? err.message : String(err)]);
+    }
     this.policy = new Policy({ ...loaded, config }, this.pools, this.credentials);
     this.logger.level = loaded.config.log.level;
     this.pools.retainOnly(this.policy.pools());

@@ -23,6 +23,16 @@ export interface UpstreamProfile {
   /** The target's path without a trailing slash ("" for the root): request paths are appended. */
   readonly basePath: string;
   readonly dispatcher: Pool;
+  /** HTTPS_PROXY: terminate the CONNECT's TLS to see each request (false: a blind tunnel). */
+  readonly intercept: boolean;
+  /** Where a blind tunnel connects: the target's host and port. */
+  readonly tunnelTo: { readonly host: string; readonly port: number };
+  /** The target's port, which a CONNECT may name besides 443. */
+  readonly targetPort: number;
+  readonly allowPrivate: boolean;
+  readonly connectTimeoutMs: number;
+  /** Connections to the upstream at once: the pool's size, and the blind tunnels this instance may hold. */
+  readonly connections: number;
   readonly credentials: CredentialProvider | undefined;
   /** Environment variables the credentials need but that are unset: requests get 503. */
   readonly credentialsMissing: readonly string[] | undefined;
@@ -57,7 +67,7 @@ export class Policy {
     this.version = loaded.version;
     this.tenants = new TenantDirectory(config.tenants, loaded.tenantsWithoutKey);
     const upstreams = Object.entries(config.upstreams).map(([name, up]) =>
-      upstreamProfile(name, up, config, pools, credentials, loaded.credentialsMissing.get(name)),
+      upstreamProfile(name, up, config, pools, credentials, loaded.credentialsMissing.get(name), loaded.upstreamCa.get(name)),
     );
     this.upstreams = new Map(upstreams.map((u) => [u.name, u]));
     this.router = new Router(upstreams);
@@ -85,17 +95,47 @@ export class Policy {
     return new Set([...this.upstreams.values()].flatMap((u) => (u.credentials ? [u.credentials] : [])));
   }
 
+  /** The upstream whose match.hosts take this host ("host" or "host:port", lower case). */
+  byHost(host: string): UpstreamProfile | undefined {
+    return this.router.byHost(host);
+  }
+
   /** Which upstream, and which path on it; 403 for anything no upstream matches. */
   route(target: Intake): Route {
-    if (target.form === 'proxy') {
+    if (target.form !== 'base-url') {
       const upstream = this.router.byHost(target.host);
-      if (upstream) return { upstream, path: upstream.basePath + target.path, rulePath: withoutQuery(target.path) };
-      throw new GatewayError('destination_not_allowed', `no upstream is configured for host "${target.host}"`);
+      if (!upstream) throw new GatewayError('destination_not_allowed', `no upstream is configured for host "${target.host}"`);
+      // A tunnel opened before a reload that turned interception off (or moved the host) ends here.
+      if (target.form === 'tunnel' && !upstream.intercept) {
+        throw new GatewayError('destination_not_allowed', `upstream "${upstream.name}" is no longer intercepted; open a new tunnel`, {
+          headers: { connection: 'close' },
+        });
+      }
+      return { upstream, path: upstream.basePath + target.path, rulePath: withoutQuery(target.path) };
     }
     const match = this.router.byPrefix(target.path);
     if (match) return { upstream: match.upstream, path: match.upstream.basePath + match.rest, rulePath: withoutQuery(match.rest) };
     throw new GatewayError('destination_not_allowed', 'no upstream is configured for this path prefix');
   }
+}
+
+/**
+ * The upstream a CONNECT to host:port reaches (host as written in the request, IPv6 in brackets);
+ * 403 for a host no upstream lists, or a port other than 443 and the target's unless match.hosts
+ * names that host:port.
+ */
+export function routeConnect(policy: Policy, host: string, port: number): UpstreamProfile {
+  const authority = `${host}:${port}`;
+  const upstream = policy.byHost(authority);
+  if (!upstream) throw new GatewayError('destination_not_allowed', `no upstream is configured for host "${host}"`);
+  if (port !== 443 && port !== upstream.targetPort && !upstream.match.hosts.includes(authority)) {
+    throw new GatewayError(
+      'destination_not_allowed',
+      `port ${port} is not open for upstream "${upstream.name}" (443 and the target's port are; list "${authority}" in match.hosts for another)`,
+      { upstream: upstream.name },
+    );
+  }
+  return upstream;
 }
 
 function upstreamProfile(
@@ -105,14 +145,28 @@ function upstreamProfile(
   pools: PoolRegistry,
   credentials: CredentialRegistry,
   credentialsMissing: string[] | undefined,
+  ca: string | undefined,
 ): UpstreamProfile {
   const target = up.target;
+  const targetPort = Number(target.port) || (target.protocol === 'https:' ? 443 : 80);
   return {
     name,
     match: up.match,
+    intercept: up.intercept,
+    tunnelTo: { host: target.hostname.replace(/^\[|\]$/g, ''), port: targetPort },
+    targetPort,
+    allowPrivate: up.allowPrivate,
+    connectTimeoutMs: up.timeouts.connect,
+    connections: up.connections,
     hostHeader: target.host,
     basePath: target.pathname === '/' ? '' : target.pathname.replace(/\/$/, ''),
-    dispatcher: pools.acquire({ origin: target.origin, connectTimeoutMs: up.timeouts.connect, connections: up.connections }),
+    dispatcher: pools.acquire({
+      origin: target.origin,
+      connectTimeoutMs: up.timeouts.connect,
+      connections: up.connections,
+      allowPrivate: up.allowPrivate,
+      ca,
+    }),
     credentials: credentialsMissing || !up.credentials ? undefined : credentials.acquire(name, up.credentials),
     credentialsMissing,
     headersTimeoutMs: up.timeouts.headers,

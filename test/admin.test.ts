@@ -7,7 +7,7 @@ describe('admin listener', () => {
   it('answers /healthz and /readyz, and /readyz turns 503 while draining', async () => {
     const upstream = await startUpstream();
     const gw = await startGateway(testConfig(`
-  a: { match: { prefix: /a }, target: "${upstream.url}" }
+  a: { match: { prefix: /a }, target: "${upstream.url}", allowPrivate: true }
 `));
     try {
       const health = await request(`${gw.adminUrl}/healthz`);

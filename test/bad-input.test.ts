@@ -15,9 +15,11 @@ const upstreams = () => `
   plain:
     match: { hosts: [api.example.test], prefix: /plain }
     target: ${upstream.url}
+    allowPrivate: true
   small:
     match: { prefix: /small }
     target: ${upstream.url}
+    allowPrivate: true
     maxBodySize: 1kb
 `;
 
@@ -216,13 +218,13 @@ describe('slow clients (listen.headersTimeout: 500ms)', () => {
 });
 
 describe('requests the gateway does not serve yet', () => {
-  it('answers CONNECT with 501 not_implemented', async () => {
+  it('answers a CONNECT to a host no upstream lists with 403, and closes the connection', async () => {
     const exchange = await rawExchange(
       gw.port,
-      `CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.example.test:443\r\nProxy-Authorization: ${proxyAuth('acme', 'acme-secret-key-1')}\r\n\r\n`,
+      `CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\nProxy-Authorization: ${proxyAuth('acme', 'acme-secret-key-1')}\r\n\r\n`,
       { untilClose: true },
     );
-    expectJsonError(exchange, 501, 'not_implemented');
+    expectJsonError(exchange, 403, 'destination_not_allowed');
     expect(exchange.closed).toBe(true);
   });
 

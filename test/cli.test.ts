@@ -33,7 +33,7 @@ async function servesAndStops(command: string, args: string[], env: NodeJS.Proce
 }
 
 const config = () => writeConfig(testConfig(`
-  a: { match: { prefix: /a }, target: "http://127.0.0.1:1" }
+  a: { match: { prefix: /a }, target: "http://127.0.0.1:1", allowPrivate: true }
 `));
 
 describe('command line', () => {

@@ -52,6 +52,7 @@ describe('valid configs', () => {
   a:
     match: { prefix: /a }
     target: http://127.0.0.1:1/base/
+    allowPrivate: true
     limits: [{ name: r, rate: 100/min, burst: 5 }, { name: q, quota: 20000/day, per: tenant }]
     onLimit: { queue: 2s }
     maxBodySize: 1mb
@@ -85,6 +86,7 @@ upstreams:
       header: X-Token
       tokens: [\${T1}, \${T2:-fallback-token}]
       format: "$\${not} {token}"
+    allowPrivate: true
 `;
 
   it('substitutes inside flow sequences and quotes, keeps types and literal $${', () => {
@@ -120,7 +122,7 @@ upstreams:
 
 describe('secrets and timeouts', () => {
   it('keeps a secret that looks like a number as text, digits intact', () => {
-    const yaml = 'tenants:\n  a: { key: ${K1} }\n  b: { key: ${K2} }\nupstreams:\n  x: { match: { prefix: /x }, target: "http://127.0.0.1:1" }\n';
+    const yaml = 'tenants:\n  a: { key: ${K1} }\n  b: { key: ${K2} }\nupstreams:\n  x: { match: { prefix: /x }, target: "http://127.0.0.1:1", allowPrivate: true }\n';
     const { config } = parseConfig(yaml, 'routes.yaml', { K1: '20240101', K2: '0123' });
     expect(config.tenants?.a?.key).toBe('20240101');
     expect(config.tenants?.b?.key).toBe('0123');

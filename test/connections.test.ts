@@ -23,6 +23,7 @@ beforeAll(async () => {
   plain:
     match: { prefix: /plain }
     target: ${upstream.url}
+    allowPrivate: true
 `,
     ),
   );

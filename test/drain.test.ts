@@ -22,6 +22,7 @@ const upstreams = () => `
   plain:
     match: { prefix: /plain }
     target: ${upstream.url}
+    allowPrivate: true
 `;
 
 async function waitFor(what: string, condition: () => boolean, timeoutMs = 5_000): Promise<void> {

@@ -40,6 +40,7 @@ upstreams:
   api:
     match: { prefix: /api }
     target: ${upstream.url}
+    allowPrivate: true
     limits:
       - name: shared
         rate: ${RATE}/s

@@ -22,13 +22,16 @@ beforeAll(async () => {
   echo:
     match: { hosts: [api.example.test, "*.wild.test"], prefix: /echo }
     target: ${upstream.url}/base
+    allowPrivate: true
     credentials: { type: basic, username: AC123, password: upstream-password-xyz }
   plain:
     match: { prefix: /plain }
     target: ${upstream.url}
+    allowPrivate: true
   header:
     match: { hosts: [header.example.test] }
     target: ${upstream.url}
+    allowPrivate: true
     credentials: { type: header, header: X-Api-Key, value: hdr-secret-value, format: "Token {token}" }
 `),
   );
@@ -211,6 +214,7 @@ describe('gateway memory', () => {
   plain:
     match: { prefix: /plain }
     target: ${upstream.url}
+    allowPrivate: true
 `));
     try {
       const MB = 1024 * 1024;
@@ -249,10 +253,12 @@ describe('credentials', () => {
   twilio:
     match: { prefix: /twilio }
     target: ${upstream.url}
+    allowPrivate: true
     credentials: { type: basic, username: \${SID}, password: \${TOKEN} }
   open:
     match: { prefix: /open }
     target: ${upstream.url}
+    allowPrivate: true
 `),
     );
     try {

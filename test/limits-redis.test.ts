@@ -38,6 +38,7 @@ function config(rules: string, store = `store: { type: redis, url: "${redis.url}
     `  api:
     match: { prefix: /api }
     target: ${upstream.url}
+    allowPrivate: true
     limits:
 ${rules}`,
     store,

@@ -32,6 +32,7 @@ function limited(rules: string, extra = ''): string {
   return testConfig(`  api:
     match: { prefix: /api }
     target: ${upstream.url}
+    allowPrivate: true
 ${extra}    limits:
 ${rules}`);
 }
@@ -113,6 +114,7 @@ describe('per: credential', () => {
       testConfig(`  api:
     match: { prefix: /api }
     target: ${upstream.url}
+    allowPrivate: true
     credentials: { type: pool, header: X-BLToken, tokens: [token-one, token-two, token-three] }
     limits:
       - { name: per-token, rate: 2/min, burst: 2, per: credential }`),

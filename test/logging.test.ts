@@ -27,14 +27,17 @@ upstreams:
   basic:
     match: { hosts: [basic.example.test], prefix: /basic }
     target: ${upstream.url}
+    allowPrivate: true
     credentials: { type: basic, username: AC1, password: "\${PASSWORD}" }
   header:
     match: { prefix: /header }
     target: ${upstream.url}
+    allowPrivate: true
     credentials: { type: header, header: X-Api-Key, value: ${SECRETS.headerValue} }
   pool:
     match: { prefix: /pool }
     target: ${upstream.url}
+    allowPrivate: true
     credentials: { type: pool, header: X-BLToken, tokens: [${SECRETS.poolToken}] }
 `,
     { env: { ACME_KEY: SECRETS.tenantKey, PASSWORD: SECRETS.password, ADMIN_TOKEN: SECRETS.adminToken } },
@@ -91,7 +94,7 @@ describe('the Redis password', () => {
     const { parseConfig } = await import('../src/config/load.js');
     const { Policy } = await import('../src/policy.js');
     const loaded = parseConfig(
-      'store: { type: redis, url: "redis://sluice:s3cret%2Fredis@127.0.0.1:6379/0" }\nupstreams: { a: { match: { prefix: /a }, target: "http://127.0.0.1:1" } }\n',
+      'store: { type: redis, url: "redis://sluice:s3cret%2Fredis@127.0.0.1:6379/0" }\nupstreams: { a: { match: { prefix: /a }, target: "http://127.0.0.1:1", allowPrivate: true } }\n',
       'routes.yaml',
     );
     const secrets = Policy.secretsOf(loaded.config);

@@ -42,6 +42,7 @@ function sdpConfig(endpoint: FakeTokenEndpoint, api: TokenCheckingUpstream, more
   plain:
     match: { prefix: /plain }
     target: "${api.url}"
+    allowPrivate: true
     credentials: { type: header, header: X-Api-Key, value: plain-api-key-123 }
 `);
 }
@@ -264,6 +265,7 @@ describe('OAuth2 credentials', () => {
   svc:
     match: { prefix: /svc }
     target: "${api.url}"
+    allowPrivate: true
     credentials:
       type: oauth2
       grant: client_credentials

@@ -85,6 +85,7 @@ function blConfig(api: FakeBaseLinker, options: { coolDown?: string; limits?: st
     `  bl:
     match: { prefix: /bl }
     target: "${api.url}"
+    allowPrivate: true
     credentials: { type: pool, header: X-BLToken, tokens: [${TOKENS.join(', ')}], coolDown: ${options.coolDown ?? '1s'} }
 ${options.limits ? `    limits:\n${options.limits}\n` : ''}`,
     options.extra ?? '',

@@ -57,12 +57,14 @@ describe('the reference profiles of routes.yaml', () => {
     zoho = await startTokenEndpoint();
     sdp = await startTokenCheckingUpstream(zoho);
     const shipped = readFileSync('routes.yaml', 'utf8');
+    // A local fake is a private destination: the upstream must allow it.
+    const localTarget = (url: string) => `target: ${url}\n    allowPrivate: true`;
     const local = shipped
       .replace('proxy: 0.0.0.0:8080', 'proxy: 127.0.0.1:0')
       .replace('admin: 127.0.0.1:9090', 'admin: 127.0.0.1:0')
-      .replace('target: https://api.twilio.com', `target: ${twilio.url}`)
-      .replace('target: https://api.baselinker.com', `target: ${baselinker.url}`)
-      .replace('target: https://sdpondemand.manageengine.com', `target: ${sdp.url}`)
+      .replace('target: https://api.twilio.com', localTarget(twilio.url))
+      .replace('target: https://api.baselinker.com', localTarget(baselinker.url))
+      .replace('target: https://sdpondemand.manageengine.com', localTarget(sdp.url))
       .replace('tokenUrl: https://accounts.zoho.com/oauth/v2/token', `tokenUrl: ${zoho.url}`);
     expect(local.match(/127\.0\.0\.1/g)!.length).toBeGreaterThanOrEqual(6);
     gw = await startGateway(local, { env: ENV });

@@ -234,6 +234,7 @@ describe('Redis Cluster', () => {
         `  api:
     match: { prefix: /api }
     target: ${upstream.url}
+    allowPrivate: true
     limits:
 ${rules}`,
         `store: { type: redis, url: [${cluster.urls.map((u) => `"${u}"`).join(', ')}], prefix: ${prefix}, onError: deny, timeout: 1s }`,

@@ -27,7 +27,8 @@ function upstreams(aTarget: string, withB: boolean): string {
   a:
     match: { prefix: /a }
     target: ${aTarget}
-${withB ? `  b:\n    match: { prefix: /b }\n    target: ${second.url}\n` : ''}`;
+    allowPrivate: true
+${withB ? `  b:\n    match: { prefix: /b }\n    target: ${second.url}\n    allowPrivate: true\n` : ''}`;
 }
 
 /** Sends requests to /a back to back until stopped (at most `max`), recording every status. */
@@ -89,7 +90,7 @@ describe('hot reload on file change', () => {
     await load.stop();
     const rejected = gw.logs.find((l) => String(l.msg).startsWith('config reload rejected'));
     expect(rejected?.problems).toEqual([
-      `${gw.configPath}:15 upstreams.b.match.prefix: must start with "/" and not end with "/", like "/twilio"`,
+      `${gw.configPath}:16 upstreams.b.match.prefix: must start with "/" and not end with "/", like "/twilio"`,
     ]);
     expect(load.statuses.every((s) => s === 200)).toBe(true);
     const res = await request(`${gw.proxyUrl}/b/still`, { headers: KEY });

@@ -19,6 +19,7 @@ beforeAll(async () => {
   api:
     match: { hosts: [api.example.test], prefix: /api }
     target: ${upstream.url}
+    allowPrivate: true
 `),
   );
 });
@@ -75,7 +76,7 @@ describe('without a tenants: section', () => {
   it('serves every request as tenant "default" on a loopback listener', async () => {
     const open = await startGateway(`listen: { proxy: 127.0.0.1:0, admin: 127.0.0.1:0 }
 upstreams:
-  api: { match: { prefix: /api }, target: "${upstream.url}" }
+  api: { match: { prefix: /api }, target: "${upstream.url}", allowPrivate: true }
 `);
     try {
       const res = await request(`${open.proxyUrl}/api/open`);

@@ -62,21 +62,26 @@ beforeAll(async () => {
   plain:
     match: { prefix: /plain }
     target: ${upstream.url}
+    allowPrivate: true
   refused:
     match: { prefix: /refused }
     target: http://127.0.0.1:${refusingPort}
+    allowPrivate: true
     timeouts: { connect: 1s }
   slowheaders:
     match: { prefix: /slowheaders }
     target: ${upstream.url}
+    allowPrivate: true
     timeouts: { headers: 300ms }
   stalling:
     match: { prefix: /stalling }
     target: ${watched.url}
+    allowPrivate: true
     timeouts: { bodyIdle: 300ms }
   watched:
     match: { prefix: /watched }
     target: ${watched.url}
+    allowPrivate: true
 `,
     ),
   );

@@ -139,6 +139,7 @@ upstreams:
   api:
     match: { prefix: /api }
     target: ${upstream.url}
+    allowPrivate: true
 ${s.onLimit ? `    onLimit: ${s.onLimit}\n` : ''}    limits:
       - ${reserves.length ? s.limitYaml.replace(/ \}$/, `, reserve: { ${reserves.join(', ')} } }`) : s.limitYaml}
 `;

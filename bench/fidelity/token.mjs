@@ -166,6 +166,7 @@ upstreams:
   sdp:
     match: { prefix: /sdp }
     target: ${fake.apiUrl}
+    allowPrivate: true
     credentials:
       type: oauth2
       grant: refresh_token

@@ -202,6 +202,7 @@ upstreams:
   bench:
     match: { prefix: /bench }
     target: http://127.0.0.1:${upstreamPort}
+    allowPrivate: true
 ${limits ? GENEROUS_LIMITS : ''}`;
 }
 

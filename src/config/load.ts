@@ -3,10 +3,13 @@
  * checks that span several keys. Every problem is reported as `FILE:LINE path: message`, all of
  * them at once, so that one `sluice check` run shows everything to fix.
  */
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { isMap, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import type { z } from 'zod';
+import { literalRange } from '../upstream/egress.js';
 import { placehold, resolvePlaceholders } from './env.js';
 import { formatPath, keyText, type ConfigPath } from './paths.js';
 import { configSchema, type Config } from './schema.js';
@@ -24,13 +27,15 @@ export interface LoadedConfig {
   config: Config;
   /** The file it came from, as given. */
   source: string;
-  /** Short hash of the file's text: tells operators which version serves. */
+  /** Short hash of the file's text and the CA files it names: tells operators which version serves. */
   version: string;
   warnings: string[];
   /** Upstreams whose credentials reference unset environment variables, with those variables. */
   credentialsMissing: Map<string, string[]>;
   /** Tenants whose key references an unset environment variable: nobody can authenticate as them. */
   tenantsWithoutKey: Set<string>;
+  /** Each upstream's `ca` file: its PEM certificates, read at load (a changed file is a new version). */
+  upstreamCa: Map<string, string>;
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
@@ -65,6 +70,7 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   const warnings: string[] = [];
   const credentialsMissing = new Map<string, string[]>();
   const tenantsWithoutKey = new Set<string>();
+  const upstreamCa = new Map<string, string>();
   for (const { path, names } of missing) {
     if (path[0] === 'upstreams' && path[2] === 'credentials') {
       const name = String(path[1]);
@@ -89,7 +95,7 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
       if (!reported.has(formatPath(issue.path as ConfigPath))) problems.push(...describeIssue(issue, at));
     }
   } else {
-    problems.push(...crossChecks(parsed.data, at));
+    problems.push(...crossChecks(parsed.data, at), ...readCaFiles(parsed.data, dirname(source), upstreamCa, at));
   }
   if (problems.length > 0 || !parsed.success) throw new ConfigError(problems.sort(byLine));
 
@@ -99,13 +105,16 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
       warnings.push(at(['upstreams', name], `${pending.join(', ')}: validated, but not enforced by this version of the gateway`));
     }
   }
+  const version = createHash('sha256').update(text);
+  for (const pem of upstreamCa.values()) version.update(pem);
   return {
     config: parsed.data,
     source,
-    version: createHash('sha256').update(text).digest('hex').slice(0, 12),
+    version: version.digest('hex').slice(0, 12),
     warnings,
     credentialsMissing,
     tenantsWithoutKey,
+    upstreamCa,
   };
 }
 
@@ -187,6 +196,11 @@ function crossChecks(config: Config, at: At): string[] {
       }
     });
     problems.push(...credentialChecks(up.credentials, (path, message) => at(['upstreams', name, 'credentials', ...path], message)));
+    const range = up.allowPrivate ? undefined : literalRange(up.target.hostname);
+    if (range !== undefined) {
+      const refusal = `${up.target.hostname} is ${article(range)} address; the gateway refuses private destinations`;
+      problems.push(at(['upstreams', name, 'target'], `${refusal} unless the upstream sets allowPrivate: true`));
+    }
   }
   if (config.tenants === undefined && !isLoopback(config.listen.proxy.host)) {
     problems.push(
@@ -210,6 +224,43 @@ function credentialChecks(credentials: Config['upstreams'][string]['credentials'
     problems.push(at(['refreshToken'], 'is not used by grant client_credentials; remove it'));
   }
   return problems;
+}
+
+/**
+ * Reads each upstream's `ca` (relative to the config file's folder) into `into`, keeping only its
+ * certificates: a file that cannot be read or holds none is a config error now, not a failed TLS
+ * handshake later.
+ */
+function readCaFiles(config: Config, folder: string, into: Map<string, string>, at: At): string[] {
+  const problems: string[] = [];
+  for (const [name, up] of Object.entries(config.upstreams)) {
+    if (up.ca === undefined) continue;
+    const path = ['upstreams', name, 'ca'];
+    if (up.target.protocol !== 'https:') {
+      problems.push(at(path, 'goes with an https:// target'));
+      continue;
+    }
+    let text: string;
+    try {
+      text = readFileSync(resolve(folder, up.ca), 'utf8');
+    } catch (err) {
+      problems.push(at(path, `cannot read ${up.ca}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`));
+      continue;
+    }
+    const certificates = text.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
+    if (certificates.length === 0 || !certificates.every(parsesAsCertificate)) problems.push(at(path, `${up.ca} is not a PEM certificate`));
+    else into.set(name, `${certificates.join('\n')}\n`);
+  }
+  return problems;
+}
+
+function parsesAsCertificate(pem: string): boolean {
+  try {
+    new X509Certificate(pem);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The line of the key (or item) at `path`, or of its deepest existing ancestor. */
@@ -237,7 +288,7 @@ function variables(names: string[]): string {
 }
 
 function article(type: string): string {
-  return /^[aeiou]/.test(type) ? `an ${type}` : `a ${type}`;
+  return /^[aeiou]/i.test(type) ? `an ${type}` : `a ${type}`;
 }
 
 function describe(value: unknown): string {

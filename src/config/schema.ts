@@ -182,6 +182,10 @@ const upstream = z
       .strictObject({ hosts: z.array(hostPattern).default([]), prefix: prefix.optional() })
       .refine((m) => m.hosts.length > 0 || m.prefix !== undefined, 'needs hosts, a prefix, or both'),
     target: targetUrl,
+    /** Let the target resolve to loopback, private, link-local and other non-public addresses (src/upstream/egress.ts). */
+    allowPrivate: z.boolean().default(false),
+    /** A PEM file of CA certificates trusted for the target's TLS besides the default roots; read by the loader. */
+    ca: z.string().min(1).optional(),
     intercept: z.boolean().default(true),
     credentials: credentials.optional(),
     limits: z.array(limitRule).default([]),
@@ -232,6 +236,8 @@ export const configSchema = z.strictObject({
       keepAliveTimeout: duration.default(5_000),
       drainTimeout: duration.default(30_000),
       idleTimeout: duration.default(120_000),
+      /** CONNECT tunnels open at once on this instance, intercepted and blind: each holds sockets and TLS state. */
+      maxTunnels: z.number().int().positive().default(4096),
     })
     .prefault({})
     .refine((l) => l.headersTimeout <= l.requestTimeout, {

@@ -20,7 +20,7 @@ import type { Tenant } from '../tenants/identify.js';
 import { ClientGoneError, forward } from '../upstream/forward.js';
 import { upstreamRequestHeaders } from '../upstream/headers.js';
 import { requestBody } from './body.js';
-import { intake } from './intake.js';
+import { intake, type TunnelOrigin } from './intake.js';
 import { asGatewayError, respondWithError } from './respond.js';
 
 export interface PipelineContext {
@@ -32,6 +32,8 @@ export interface PipelineContext {
 
 /** What the request's log line says; filled in as the stages learn it. */
 interface RequestRecord {
+  /** base-url, proxy (HTTP_PROXY) or tunnel (inside an intercepted HTTPS_PROXY tunnel). */
+  form?: string;
   method: string;
   path: string;
   tenant?: string;
@@ -47,15 +49,17 @@ interface RequestRecord {
   sentAt?: number;
 }
 
-export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** `tunnel`: the request came inside an intercepted CONNECT tunnel, which established its host and tenant. */
+export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, res: ServerResponse, tunnel?: TunnelOrigin): Promise<void> {
   const startedAt = performance.now();
   const policy = ctx.policy;
   const record: RequestRecord = { method: req.method ?? '', path: '', clientGone: false };
 
   try {
-    const target = intake(req);
+    const target = intake(req, tunnel);
+    record.form = target.form;
     record.path = loggablePath(target.path);
-    const tenant = policy.tenants.identify(req.headers, target.form);
+    const tenant = policy.tenants.identify(tunnel?.credentials ?? req.headers, target.form);
     record.tenant = tenant.name;
     const { upstream, path, rulePath } = policy.route(target);
     record.upstream = upstream.name;
@@ -181,6 +185,7 @@ function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, 
     {
       tenant: record.tenant,
       upstream: record.upstream,
+      form: record.form,
       method: record.method,
       path: record.path,
       // 499: the client closed the connection before the response was complete (nginx's convention).

@@ -10,15 +10,20 @@ export function respondWithError(res: ServerResponse, err: GatewayError): void {
     return;
   }
   const body = JSON.stringify(errorBody(err));
-  const headers: Record<string, string | number> = {
+  res.writeHead(err.status, {
     'content-type': 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-store',
-    ...err.headers,
-  };
-  if (err.retryAfterMs !== undefined) headers['retry-after'] = Math.max(1, Math.ceil(err.retryAfterMs / 1000));
-  res.writeHead(err.status, headers);
+    ...errorHeaders(err),
+  });
   res.end(body);
+}
+
+/** The refusal's own headers, and Retry-After in whole seconds (at least 1) when it has one. */
+function errorHeaders(err: GatewayError): Record<string, string> {
+  const headers = { ...err.headers };
+  if (err.retryAfterMs !== undefined) headers['retry-after'] = String(Math.max(1, Math.ceil(err.retryAfterMs / 1000)));
+  return headers;
 }
 
 /** An unknown throw becomes a 500 without its message (it could hold anything). */
@@ -36,7 +41,9 @@ export function respondOnSocket(socket: Duplex, err: GatewayError): void {
     return;
   }
   const body = JSON.stringify(errorBody(err));
-  const extra = Object.entries(err.headers ?? {}).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+  const extra = Object.entries(errorHeaders(err))
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
   socket.end(
     `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? ''}\r\n` +
       'content-type: application/json; charset=utf-8\r\n' +

@@ -1,26 +1,87 @@
 /**
  * The client-facing listener: Node's HTTP server with the limits of `listen:` (header size,
  * header and request timeouts), requests handed to the pipeline, and everything Node cannot hand
- * over as a request — unparseable input, oversized headers, slow clients, CONNECT —
- * answered with the same JSON errors instead of a silently dropped socket.
+ * over as a request — unparseable input, oversized headers, slow clients — answered with the same
+ * JSON errors instead of a silently dropped socket. CONNECT goes to connect.ts; the connections of
+ * intercepted tunnels are served by a second HTTP server of the same settings that never listens.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
 import type { Config } from '../config/schema.js';
 import { GatewayError } from '../errors.js';
+import { handleConnect, type ConnectContext } from './connect.js';
+import type { InterceptedConnection } from './intercept.js';
+import type { TunnelOrigin } from './intake.js';
 import { handleRequest, logRefusal, type PipelineContext } from './pipeline.js';
 import { asGatewayError, respondOnSocket, respondWithError } from './respond.js';
 
 /** clientError codes that mean the client went away, not that it sent something wrong. */
 const CLIENT_LEFT = new Set(['ECONNRESET', 'EPIPE', 'HPE_INVALID_EOF_STATE']);
 
-export interface ProxyContext extends PipelineContext {
+export interface ProxyContext extends PipelineContext, Omit<ConnectContext, 'serveIntercepted' | 'idleTimeoutMs' | 'handshakeTimeoutMs'> {
   /** True once shutdown began: responses ask clients to close their connections. */
   readonly draining: boolean;
 }
 
+/**
+ * The proxy listener. Its closeIdleConnections() and closeAllConnections() also reach the
+ * connections inside intercepted tunnels, and the latter cuts the blind tunnels too (drain).
+ */
 export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): Server {
+  const server = httpServer(ctx, listen);
+  const tunnelled = new WeakMap<InterceptedConnection, TunnelOrigin>();
+  const inner = httpServer(ctx, listen, (req) => tunnelled.get(req.socket));
+  // Node starts tracking a server's connections (header and request timeouts, idle closing) when it
+  // listens; this one never does, so it is told it did, and stops with the listener.
+  inner.emit('listening');
+  server.once('close', () => inner.close());
+  const connectContext: ConnectContext = {
+    get policy() {
+      return ctx.policy;
+    },
+    logger: ctx.logger,
+    tunnels: ctx.tunnels,
+    get leaves() {
+      return ctx.leaves;
+    },
+    idleTimeoutMs: listen.idleTimeout,
+    handshakeTimeoutMs: listen.headersTimeout,
+    serveIntercepted(connection, origin) {
+      tunnelled.set(connection, origin);
+      inner.emit('connection', connection);
+    },
+  };
+  server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    handleConnect(connectContext, req, socket, head).catch((err: unknown) => {
+      ctx.logger.error({ err }, 'CONNECT handler failed');
+      socket.destroy();
+    });
+  });
+  inner.on('connect', (req: IncomingMessage, socket: Socket) => {
+    const err = new GatewayError('bad_request', 'a CONNECT inside a tunnel is not served');
+    logRefusal(ctx.logger, req, err);
+    respondOnSocket(socket, err);
+  });
+  const closeIdle = server.closeIdleConnections.bind(server);
+  server.closeIdleConnections = () => {
+    closeIdle();
+    inner.closeIdleConnections();
+  };
+  const closeAll = server.closeAllConnections.bind(server);
+  server.closeAllConnections = () => {
+    closeAll();
+    inner.closeAllConnections();
+    ctx.tunnels.destroyAll();
+  };
+  return server;
+}
+
+/** An HTTP server with the limits of `listen:`; `tunnelOf` tells which tunnel a request came in. */
+function httpServer(
+  ctx: ProxyContext,
+  listen: Config['listen'],
+  tunnelOf: (req: IncomingMessage) => TunnelOrigin | undefined = () => undefined,
+): Server {
   const server = createServer(
     {
       maxHeaderSize: listen.maxHeaderSize,
@@ -38,7 +99,7 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
   function handle(req: IncomingMessage, res: ServerResponse): void {
     closeIdle.busy(res);
     if (ctx.draining) res.setHeader('connection', 'close');
-    handleRequest(ctx, req, res).catch((err: unknown) => {
+    handleRequest(ctx, req, res, tunnelOf(req)).catch((err: unknown) => {
       ctx.logger.error({ err }, 'request handler failed');
       respondWithError(res, asGatewayError(err));
     });
@@ -68,11 +129,6 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
     const err = new GatewayError('expectation_failed', 'only "Expect: 100-continue" is supported');
     logRefusal(ctx.logger, req, err);
     respondWithError(res, err);
-  });
-  server.on('connect', (req: IncomingMessage, socket: Duplex) => {
-    const err = new GatewayError('not_implemented', 'CONNECT tunnels (HTTPS_PROXY) are not served yet');
-    logRefusal(ctx.logger, req, err);
-    respondOnSocket(socket, err);
   });
   const closeIdleByNode = server.closeIdleConnections.bind(server);
   server.closeIdleConnections = () => {

@@ -14,8 +14,11 @@ export interface Tenant {
   weight: number;
 }
 
-/** How the request reached us decides how a failed identification is answered (RFC 9110 11.7). */
-export type RequestForm = 'proxy' | 'base-url';
+/**
+ * How the request reached us decides how a failed identification is answered (RFC 9110 11.7):
+ * a base-URL request is the origin's business (401), a proxy-form or tunnelled one the proxy's (407).
+ */
+export type RequestForm = 'proxy' | 'base-url' | 'tunnel';
 
 const PROXY_CHALLENGE = { 'proxy-authenticate': 'Basic realm="sluice"' };
 const ORIGIN_CHALLENGE = { 'www-authenticate': 'Basic realm="sluice"' };
@@ -70,9 +73,9 @@ export class TenantDirectory {
 
 function refusal(form: RequestForm, reason: string): GatewayError {
   const how = 'send Proxy-Authorization: Basic base64(tenant:key) or X-Sluice-Key: tenant:key';
-  return form === 'proxy'
-    ? new GatewayError('proxy_auth_required', `${reason}; ${how}`, { headers: PROXY_CHALLENGE })
-    : new GatewayError('unauthorized', `${reason}; ${how}`, { headers: ORIGIN_CHALLENGE });
+  return form === 'base-url'
+    ? new GatewayError('unauthorized', `${reason}; ${how}`, { headers: ORIGIN_CHALLENGE })
+    : new GatewayError('proxy_auth_required', `${reason}; ${how}`, { headers: PROXY_CHALLENGE });
 }
 
 function credentialsOf(headers: IncomingHttpHeaders): { tenant: string; key: string } | undefined {

@@ -11,6 +11,7 @@ import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { GatewayError } from '../errors.js';
+import { asEgressRefusal } from './egress.js';
 import { clientResponseHeaders } from './headers.js';
 
 export interface UpstreamRequest {
@@ -121,8 +122,28 @@ const TIMEOUTS: Record<string, string> = {
 /** undici's errors, as the client is told about them. Only error codes are shown, never messages. */
 function upstreamFailure(err: unknown, upstream: string): GatewayError {
   if (err instanceof GatewayError) return err; // e.g. the body counter's 413
-  const code = (err as { code?: string } | null)?.code ?? 'UNKNOWN';
-  const timeout = TIMEOUTS[code];
+  const timeout = TIMEOUTS[errorCode(err)];
   if (timeout) return new GatewayError('upstream_timeout', timeout, { upstream, cause: err });
-  return new GatewayError('upstream_unreachable', `the upstream connection failed (${code})`, { upstream, cause: err });
+  return connectFailure(err, upstream);
+}
+
+/**
+ * A connection to the upstream that failed (through undici, or a blind tunnel's own): refused by
+ * the egress check (undici may wrap that error), or unreachable, shown by its error code.
+ */
+export function connectFailure(err: unknown, upstream: string): GatewayError {
+  const refused = asEgressRefusal(err);
+  if (refused) {
+    return new GatewayError(
+      'egress_refused',
+      `the upstream's target resolves to a private address (${refused.address}, ${refused.range}); ` +
+        'set allowPrivate: true on the upstream if that is intended',
+      { upstream, cause: err },
+    );
+  }
+  return new GatewayError('upstream_unreachable', `the upstream connection failed (${errorCode(err)})`, { upstream, cause: err });
+}
+
+function errorCode(err: unknown): string {
+  return (err as { code?: string } | null)?.code ?? 'UNKNOWN';
 }

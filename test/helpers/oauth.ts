@@ -148,6 +148,7 @@ export function sdpUpstream(endpoint: FakeTokenEndpoint, api: TokenCheckingUpstr
   sdp:
     match: { prefix: /sdp }
     target: "${api.url}"
+    allowPrivate: true
     credentials:
       type: oauth2
       grant: refresh_token

@@ -1,0 +1,64 @@
+/**
+ * A blind tunnel (`intercept: false`): a TCP connection to the upstream's target, spliced to the
+ * client's. The gateway sees no request in it, so only connection limits apply (tunnels.ts). The
+ * target's address passes the same egress check as every upstream connection, and a tunnel idle
+ * both ways for listen.idleTimeout is closed.
+ */
+import { connect, type Socket } from 'node:net';
+import { GatewayError } from '../errors.js';
+import type { UpstreamProfile } from '../policy.js';
+import { guardedLookup } from '../upstream/egress.js';
+import { connectFailure } from '../upstream/forward.js';
+
+const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
+
+/** Resolves once the tunnel is established; rejects with a GatewayError when the target cannot be reached. */
+export async function spliceTunnel(client: Socket, head: Buffer, upstream: UpstreamProfile, idleTimeoutMs: number): Promise<void> {
+  const target = await connectTo(upstream, client);
+  if (client.destroyed) {
+    target.destroy();
+    return;
+  }
+  client.write(ESTABLISHED);
+  if (head.length > 0) target.write(head);
+  const close = () => {
+    client.destroy();
+    target.destroy();
+  };
+  for (const socket of [client, target]) {
+    socket.setTimeout(idleTimeoutMs, close);
+    socket.once('error', close);
+    socket.once('close', close);
+  }
+  client.pipe(target);
+  target.pipe(client);
+}
+
+function connectTo(upstream: UpstreamProfile, client: Socket): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const { host, port } = upstream.tunnelTo;
+    const socket = connect({ host, port, lookup: guardedLookup(upstream.allowPrivate) });
+    const fail = (err: Error) => {
+      settle();
+      socket.destroy();
+      reject(err instanceof GatewayError ? err : connectFailure(err, upstream.name));
+    };
+    const timer = setTimeout(
+      () => fail(new GatewayError('upstream_timeout', 'connecting to the upstream timed out', { upstream: upstream.name })),
+      upstream.connectTimeoutMs,
+    );
+    // The client gave up while we were connecting: nobody is left for the tunnel.
+    const clientLeft = () => fail(new GatewayError('bad_request', 'the client left', { upstream: upstream.name }));
+    const settle = () => {
+      clearTimeout(timer);
+      socket.off('error', fail);
+      client.off('close', clientLeft);
+    };
+    socket.once('error', fail);
+    client.once('close', clientLeft);
+    socket.once('connect', () => {
+      settle();
+      resolve(socket);
+    });
+  });
+}
