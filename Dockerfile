@@ -15,8 +15,9 @@ RUN npm ci --omit=dev --no-audit --no-fund --ignore-scripts && npm cache clean -
 COPY --from=build /app/dist ./dist
 COPY routes.yaml ./routes.yaml
 # Mount your own config over /app/routes.yaml (or point SLUICE_CONFIG elsewhere).
-# The CA folder for HTTPS interception must be writable by the gateway's user.
-RUN mkdir -p /app/.sluice && chown node:node /app/.sluice
+# The CA folder for HTTPS interception must be writable by the gateway's user only; made here so
+# that a named volume mounted on it starts with that owner and mode.
+RUN mkdir -p /app/.sluice/ca && chown -R node:node /app/.sluice && chmod 700 /app/.sluice/ca
 USER node
 EXPOSE 8080 9090
 # The admin listener must be reachable inside the container for the health check: listen.admin
