@@ -17,6 +17,8 @@ export const ERRORS = {
   quota_exceeded: { status: 429, doc: 'A quota (N per calendar hour or day, UTC) is used up; Retry-After points at the next period.' },
   concurrency_limited: { status: 429, doc: 'Too many requests to the upstream are in flight; Retry-After: 1 is a hint, room comes when one ends.' },
   queue_full: { status: 429, doc: "The upstream's wait queue (onLimit.maxQueue) is full on this instance." },
+  tls_unavailable: { status: 503, doc: "The gateway's CA could not be loaded or created, so it cannot intercept; the start-up log says why." },
+  shutting_down: { status: 503, doc: 'The gateway is draining for shutdown and opens no new tunnels; Retry-After: 1.' },
   tunnel_limited: { status: 429, doc: "A blind tunnel (intercept: false) would pass the upstream's connections limit on this instance; Retry-After: 1." },
   too_many_tunnels: { status: 503, doc: 'This instance holds listen.maxTunnels CONNECT tunnels already; Retry-After: 1.' },
   store_unavailable: { status: 503, doc: 'The shared limit store (Redis) cannot be reached and store.onError is deny.' },

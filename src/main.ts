@@ -21,7 +21,7 @@ import { Policy } from './policy.js';
 import { createProxyServer, type ProxyContext } from './proxy/server.js';
 import { Tunnels } from './proxy/tunnels.js';
 import { openStore } from './store/open.js';
-import { loadOrCreateCa } from './tls/ca.js';
+import { CaError, InsecureCaKeyError, loadOrCreateCa } from './tls/ca.js';
 import { LeafCertificates } from './tls/leaf.js';
 import { PoolRegistry } from './upstream/pools.js';
 
@@ -44,6 +44,8 @@ export class Gateway implements ProxyContext {
   readonly tunnels: Tunnels;
   /** The CA's leaf certificates, once an upstream is intercepted (loaded at start, or at the reload that first needs it). */
   leaves: LeafCertificates | undefined;
+  /** Why the CA could not be had, while it cannot (intercepted CONNECTs answer 503 tls_unavailable). */
+  private caProblem: string | undefined;
   private readonly storeConnected: Promise<void>;
   private readonly scrubber: SecretScrubber;
   private readonly pools: PoolRegistry;
@@ -140,21 +142,33 @@ export class Gateway implements ProxyContext {
       store: { type: policy.config.store.type },
       tunnels: this.tunnels.status(),
       ...(this.leaves ? { tls: { ca: this.leaves.caPath, leaves: this.leaves.stats() } } : {}),
+      ...(this.caProblem ? { tls: { error: this.caProblem } } : {}),
       credentials: await credentialsStatus(policy),
     };
   }
 
   /**
    * The gateway's CA, loaded (or created) when an upstream is first intercepted, and leaf
-   * certificates issued ahead for the host names the config lists, off the request path.
+   * certificates issued ahead for the host names the config lists, off the request path. A CA key
+   * others can read stops the start (or the reload); any other problem (a read-only folder, a
+   * missing file) is logged and only interception waits for it to be fixed, at a reload or restart:
+   * HTTP_PROXY and base-URL traffic need no CA.
    */
   private async loadCaIfNeeded(config: Config): Promise<void> {
     const intercepted = Object.values(config.upstreams).filter((u) => u.intercept && u.match.hosts.length > 0);
     if (intercepted.length === 0) return;
     if (!this.leaves) {
-      const ca = await loadOrCreateCa(config.tls, dirname(this.options.configPath));
-      if (ca.created) this.logger.info({ ca: ca.certPath }, 'created the gateway CA; clients must trust it (sluice ca)');
-      this.leaves = new LeafCertificates(ca);
+      try {
+        const ca = await loadOrCreateCa(config.tls, dirname(this.options.configPath));
+        if (ca.created) this.logger.info({ ca: ca.certPath }, 'created the gateway CA; clients must trust it (sluice ca)');
+        this.leaves = new LeafCertificates(ca);
+        this.caProblem = undefined;
+      } catch (err) {
+        if (!(err instanceof CaError) || err instanceof InsecureCaKeyError) throw err;
+        this.caProblem = err.message;
+        this.logger.error({ problem: err.message }, 'no gateway CA: intercepted CONNECTs answer 503 tls_unavailable until it is fixed (reload or restart)');
+        return;
+      }
     }
     const names = intercepted.flatMap((u) => u.match.hosts).filter((h) => !h.startsWith('*.'));
     this.leaves.warm(names.map((h) => h.replace(/:\d+$/, ''))).catch((err: unknown) => this.logger.warn({ err }, 'could not issue leaf certificates ahead'));
@@ -209,6 +223,8 @@ export class Gateway implements ProxyContext {
       return this.rejectReload([err instanceof Error ? err.message : String(err)]);
     }
     this.policy = new Policy({ ...loaded, config }, this.pools, this.credentials);
+    const cut = this.tunnels.revalidate(this.policy);
+    if (cut > 0) this.logger.info({ tunnels: cut }, 'closed blind tunnels the new config no longer allows');
     this.logger.level = loaded.config.log.level;
     this.pools.retainOnly(this.policy.pools());
     this.credentials.retainOnly(this.policy.credentialProviders());

@@ -25,10 +25,8 @@ export interface UpstreamProfile {
   readonly dispatcher: Pool;
   /** HTTPS_PROXY: terminate the CONNECT's TLS to see each request (false: a blind tunnel). */
   readonly intercept: boolean;
-  /** Where a blind tunnel connects: the target's host and port. */
+  /** Where a blind tunnel connects: the target's host and port (a CONNECT may name that port besides 443). */
   readonly tunnelTo: { readonly host: string; readonly port: number };
-  /** The target's port, which a CONNECT may name besides 443. */
-  readonly targetPort: number;
   readonly allowPrivate: boolean;
   readonly connectTimeoutMs: number;
   /** Connections to the upstream at once: the pool's size, and the blind tunnels this instance may hold. */
@@ -105,11 +103,9 @@ export class Policy {
     if (target.form !== 'base-url') {
       const upstream = this.router.byHost(target.host);
       if (!upstream) throw new GatewayError('destination_not_allowed', `no upstream is configured for host "${target.host}"`);
-      // A tunnel opened before a reload that turned interception off (or moved the host) ends here.
+      // A tunnel opened before a reload that turned interception off ends here.
       if (target.form === 'tunnel' && !upstream.intercept) {
-        throw new GatewayError('destination_not_allowed', `upstream "${upstream.name}" is no longer intercepted; open a new tunnel`, {
-          headers: { connection: 'close' },
-        });
+        throw new GatewayError('destination_not_allowed', `upstream "${upstream.name}" is no longer intercepted; open a new tunnel`);
       }
       return { upstream, path: upstream.basePath + target.path, rulePath: withoutQuery(target.path) };
     }
@@ -128,7 +124,7 @@ export function routeConnect(policy: Policy, host: string, port: number): Upstre
   const authority = `${host}:${port}`;
   const upstream = policy.byHost(authority);
   if (!upstream) throw new GatewayError('destination_not_allowed', `no upstream is configured for host "${host}"`);
-  if (port !== 443 && port !== upstream.targetPort && !upstream.match.hosts.includes(authority)) {
+  if (port !== 443 && port !== upstream.tunnelTo.port && !upstream.match.hosts.includes(authority)) {
     throw new GatewayError(
       'destination_not_allowed',
       `port ${port} is not open for upstream "${upstream.name}" (443 and the target's port are; list "${authority}" in match.hosts for another)`,
@@ -148,13 +144,11 @@ function upstreamProfile(
   ca: string | undefined,
 ): UpstreamProfile {
   const target = up.target;
-  const targetPort = Number(target.port) || (target.protocol === 'https:' ? 443 : 80);
   return {
     name,
     match: up.match,
     intercept: up.intercept,
-    tunnelTo: { host: target.hostname.replace(/^\[|\]$/g, ''), port: targetPort },
-    targetPort,
+    tunnelTo: { host: target.hostname.replace(/^\[|\]$/g, ''), port: Number(target.port) || (target.protocol === 'https:' ? 443 : 80) },
     allowPrivate: up.allowPrivate,
     connectTimeoutMs: up.timeouts.connect,
     connections: up.connections,

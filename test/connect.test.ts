@@ -154,11 +154,14 @@ describe('HTTPS_PROXY: intercepted CONNECT', () => {
         expect(res.statusCode).toBe(200);
         await res.body.json();
       }
+      // undici opens a second connection early on by itself; the rest reuse them.
+      const status = (await (await fetch(`${gw.adminUrl}/status`)).json()) as { tunnels: { upstreams: Record<string, { intercepted: number }> } };
+      expect(status.tunnels.upstreams.twilio?.intercepted).toBeGreaterThanOrEqual(1);
+      expect(status.tunnels.upstreams.twilio?.intercepted).toBeLessThanOrEqual(2);
     } finally {
       await agent.close();
     }
     expect(seen.slice(before.seen).map((s) => s.authorization)).toEqual(Array(20).fill(BASIC));
-    // undici opens a second connection early on by itself; the rest reuse them.
     await until(() => tunnels() > before.tunnels);
     expect(tunnels() - before.tunnels).toBeLessThanOrEqual(2);
   });
@@ -218,7 +221,7 @@ describe('HTTPS_PROXY: intercepted CONNECT', () => {
   it('refuses a CONNECT for an unknown host (403), a bad tenant key (407), and odd ports, IP literals, names and bodies', async () => {
     const unknown = await connectTo(gw.port, 'api.unknown-host.test:443', acme);
     expect(unknown.status).toBe(403);
-    const badKey = await connectTo(gw.port, 'api.twilio.com:443', { 'proxy-authorization': proxyAuth('acme', 'wrong-key') });
+    const badKey = await connectTo(gw.port, 'api.twilio.com:443', { 'proxy-authorization': proxyAuth('acme', 'wrong-key-4d1f9') });
     expect(badKey.status).toBe(407);
     expect(badKey.headers['proxy-authenticate']).toBe('Basic realm="sluice"');
     const noKey = await connectTo(gw.port, 'api.twilio.com:443');
@@ -228,8 +231,10 @@ describe('HTTPS_PROXY: intercepted CONNECT', () => {
     expect((await connectTo(gw.port, `${'a'.repeat(64)}.example.com:443`, acme)).status).toBe(400);
     expect((await connectTo(gw.port, 'api.twilio.com', acme)).status).toBe(400);
     expect((await connectTo(gw.port, 'api.twilio.com:443', { ...acme, 'content-length': '5' })).status).toBe(400);
-    // None of them reached the upstream, and the keys stayed out of the log.
-    expect(gw.rawLogs.join('\n')).not.toContain(ACME_KEY);
+    // A key pasted into the target stays out of the log too (the wrong key above was never logged).
+    expect((await connectTo(gw.port, 'acme:pasted-key-8c2e@api.twilio.com:443', acme)).status).toBe(400);
+    await until(() => gw.logs.some((l) => l.msg === 'tunnel' && l.path === '[REDACTED]@api.twilio.com:443'));
+    expect(gw.rawLogs.join('\n')).not.toMatch(/wrong-key-4d1f9|pasted-key-8c2e/);
   });
 
   it('a client that does not trust the gateway CA fails its handshake, and the gateway says so in its log', async () => {

@@ -79,7 +79,7 @@ describe('CONNECT tunnels', () => {
     expect(tunnel.status).toBe(200);
     const started = Date.now();
     await once(tunnel.socket, 'close');
-    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(200);
     expect(Date.now() - started).toBeLessThan(3_000);
   });
 
@@ -100,7 +100,7 @@ describe('CONNECT tunnels', () => {
     } finally {
       await agent.close();
     }
-    expect(gw.logs.some((l) => l.msg === 'tunnel' || (l.msg === 'request' && l.form === 'tunnel'))).toBe(true);
+    expect(gw.logs.find((l) => l.msg === 'request' && l.form === 'tunnel')).toMatchObject({ upstream: 'plain', status: 200, path: '/echo?x=1' });
   });
 
   it('checks every request in a tunnel against the config in force: a reload that turns interception off ends it', async () => {
@@ -152,7 +152,117 @@ describe('CONNECT tunnels', () => {
     await tunnelClosed;
     expect(Date.now() - started).toBeLessThan(3_000);
     expect(gw.logs.some((l) => l.msg === 'drain timeout reached; closing the remaining connections')).toBe(true);
+    // The idle intercepted connection went at once, well before the drain timeout cut the blind one.
+    const tunnelLine = (mode: string) => gw.logs.find((l) => l.msg === 'tunnel' && l.mode === mode);
+    await until(() => tunnelLine('tunnel') !== undefined);
+    const intercepted = tunnelLine('intercept');
+    const blindLine = tunnelLine('tunnel');
+    expect((intercepted!.time as number) - started).toBeLessThan(300);
+    expect((blindLine!.time as number) - started).toBeGreaterThanOrEqual(450);
     await agent.close();
+  });
+
+  it('survives clients that reset their connection: after a refusal, after "200", while a blind tunnel connects', async () => {
+    const up = await https();
+    const gw = await gateway(configWithListen({}, `${blind(up)}  twilio:
+    match: { hosts: [api.twilio.com] }
+    target: ${up.url}
+    ca: ${up.caPath}
+    allowPrivate: true
+`));
+    const reset = async (authority: string, headers: Record<string, string>, when: 'answered' | 'sent') => {
+      const req = httpRequest({ host: '127.0.0.1', port: gw.port, method: 'CONNECT', path: authority, headers });
+      if (when === 'sent') req.once('socket', (socket: Socket) => socket.once('connect', () => setImmediate(() => socket.resetAndDestroy())));
+      req.on('error', () => undefined);
+      req.end();
+      if (when === 'answered') {
+        const [, socket] = (await once(req, 'connect')) as [IncomingMessage, Socket];
+        socket.resetAndDestroy();
+      }
+    };
+    await reset('api.twilio.com:443', { 'proxy-authorization': proxyAuth('acme', 'wrong') }, 'answered');
+    await reset('api.twilio.com:443', ACME, 'answered');
+    for (let i = 0; i < 5; i++) await reset('api.example.com:443', ACME, 'sent');
+    // Still serving; the intercepted tunnel reset before its handshake is logged as the client's leaving.
+    await until(() => gw.logs.some((l) => l.msg === 'tunnel' && l.mode === 'intercept' && l.status === 499));
+    const next = await connectTo(gw.port, 'api.example.com:443');
+    expect(next.status).toBe(200);
+    next.socket.destroy();
+  });
+
+  it('closes the connection of a refused CONNECT even when the client keeps it open', async () => {
+    const up = await https();
+    const gw = await gateway(configWithListen({}, blind(up)));
+    const req = httpRequest({ host: '127.0.0.1', port: gw.port, method: 'CONNECT', path: 'api.example.com:443', headers: { 'proxy-authorization': proxyAuth('acme', 'wrong') } });
+    req.end();
+    const [res, socket] = (await once(req, 'connect')) as [IncomingMessage, Socket];
+    expect(res.statusCode).toBe(407);
+    // The client neither reads on nor closes; the gateway closes its side all the same.
+    await once(socket, 'close');
+  });
+
+  it('cuts blind tunnels a reload no longer allows (tenant removed), and keeps the others', async () => {
+    const up = await https();
+    const yaml = configWithListen({}, blind(up));
+    const gw = await gateway(yaml);
+    const acme = await connectTo(gw.port, 'api.example.com:443');
+    const globex = await connectTo(gw.port, 'api.example.com:443', { 'proxy-authorization': proxyAuth('globex', 'globex-secret-key-2') });
+    expect([acme.status, globex.status]).toEqual([200, 200]);
+    const acmeClosed = once(acme.socket, 'close');
+    writeFileSync(gw.configPath, yaml.replace('  acme: { key: acme-secret-key-1 }\n', ''));
+    expect(await gw.gateway.reload()).toMatchObject({ ok: true, changed: true });
+    await acmeClosed;
+    expect(globex.socket.destroyed).toBe(false);
+    expect(gw.logs.some((l) => l.msg === 'closed blind tunnels the new config no longer allows' && l.tunnels === 1)).toBe(true);
+    globex.socket.destroy();
+  });
+
+  it("answers 407 and closes an intercepted tunnel whose tenant's key a reload revoked", async () => {
+    const up = await https();
+    const yaml = configWithListen({}, `  twilio:
+    match: { hosts: [api.twilio.com] }
+    target: ${up.url}
+    ca: ${up.caPath}
+    allowPrivate: true
+`);
+    const gw = await gateway(yaml);
+    const status = (await (await fetch(`${gw.adminUrl}/status`)).json()) as { tls: { ca: string } };
+    const agent = new ProxyAgent({ uri: gw.proxyUrl, token: proxyAuth('acme', 'acme-secret-key-1'), requestTls: { ca: readFileSync(status.tls.ca, 'utf8') } });
+    try {
+      const before = await request('https://api.twilio.com/a', { dispatcher: agent });
+      await before.body.dump();
+      writeFileSync(gw.configPath, yaml.replace('acme-secret-key-1', 'acme-new-key-2b7a'));
+      expect(await gw.gateway.reload()).toMatchObject({ ok: true, changed: true });
+      const after = await request('https://api.twilio.com/b', { dispatcher: agent });
+      expect(after.statusCode).toBe(407);
+      expect(after.headers.connection).toBe('close');
+      await after.body.dump();
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it('without a usable CA it still starts: intercepted CONNECTs get 503 tls_unavailable, other traffic flows', async () => {
+    const up = await https();
+    const dir = tempDir();
+    writeFileSync(join(dir, 'not-a-folder'), 'x');
+    const gw = await gateway(
+      configWithListen({}, `  twilio:
+    match: { hosts: [api.twilio.com], prefix: /twilio }
+    target: ${up.url}
+    ca: ${up.caPath}
+    allowPrivate: true
+`).replace('tenants:', `tls: { caDir: ${join(dir, 'not-a-folder', 'ca')} }\ntenants:`),
+    );
+    expect(gw.logs.some((l) => l.level === 50 && String(l.msg).startsWith('no gateway CA'))).toBe(true);
+    const refused = await connectTo(gw.port, 'api.twilio.com:443');
+    expect(refused.status).toBe(503);
+    expect(refused.body).toContain('tls_unavailable');
+    const status = (await (await fetch(`${gw.adminUrl}/status`)).json()) as { tls: { error: string } };
+    expect(status.tls.error).toContain('not-a-folder');
+    const res = await request(`${gw.proxyUrl}/twilio/x`, { headers: { 'x-sluice-key': 'acme:acme-secret-key-1' } });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
   });
 
   it('will not start with a CA key that other users can read', async () => {

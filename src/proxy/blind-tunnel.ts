@@ -8,18 +8,16 @@ import { connect, type Socket } from 'node:net';
 import { GatewayError } from '../errors.js';
 import type { UpstreamProfile } from '../policy.js';
 import { guardedLookup } from '../upstream/egress.js';
-import { connectFailure } from '../upstream/forward.js';
+import { ClientGoneError, connectFailure } from '../upstream/forward.js';
+import { CONNECTION_ESTABLISHED } from './respond.js';
 
-const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
-
-/** Resolves once the tunnel is established; rejects with a GatewayError when the target cannot be reached. */
+/**
+ * Resolves once the tunnel is established; rejects with a GatewayError when the target cannot be
+ * reached, or a ClientGoneError when the client left while the gateway was connecting.
+ */
 export async function spliceTunnel(client: Socket, head: Buffer, upstream: UpstreamProfile, idleTimeoutMs: number): Promise<void> {
   const target = await connectTo(upstream, client);
-  if (client.destroyed) {
-    target.destroy();
-    return;
-  }
-  client.write(ESTABLISHED);
+  client.write(CONNECTION_ESTABLISHED);
   if (head.length > 0) target.write(head);
   const close = () => {
     client.destroy();
@@ -41,14 +39,14 @@ function connectTo(upstream: UpstreamProfile, client: Socket): Promise<Socket> {
     const fail = (err: Error) => {
       settle();
       socket.destroy();
-      reject(err instanceof GatewayError ? err : connectFailure(err, upstream.name));
+      reject(err instanceof GatewayError || err instanceof ClientGoneError ? err : connectFailure(err, upstream.name));
     };
     const timer = setTimeout(
       () => fail(new GatewayError('upstream_timeout', 'connecting to the upstream timed out', { upstream: upstream.name })),
       upstream.connectTimeoutMs,
     );
     // The client gave up while we were connecting: nobody is left for the tunnel.
-    const clientLeft = () => fail(new GatewayError('bad_request', 'the client left', { upstream: upstream.name }));
+    const clientLeft = () => fail(new ClientGoneError());
     const settle = () => {
       clearTimeout(timer);
       socket.off('error', fail);

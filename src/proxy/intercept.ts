@@ -7,8 +7,10 @@
  * http:// URLs) is served as it is.
  */
 import type { Socket } from 'node:net';
-import { TLSSocket, type SecureContext } from 'node:tls';
+import { TLSSocket } from 'node:tls';
 import type { LeafCertificates } from '../tls/leaf.js';
+import { ClientGoneError } from '../upstream/forward.js';
+import { CONNECTION_ESTABLISHED } from './respond.js';
 
 /** The connection the tunnel's requests arrive on: decrypted TLS, or the raw socket for plain HTTP. */
 export type InterceptedConnection = TLSSocket | Socket;
@@ -19,27 +21,35 @@ export interface InterceptOptions {
   /** Whether an SNI name belongs to the CONNECT's upstream (then the certificate names it). */
   sameUpstream(name: string): boolean;
   leaves: LeafCertificates;
-  /** How long the client has to send its first byte and to finish the handshake. */
+  /** How long the client has, from "200", to send its first byte and finish the handshake. */
   handshakeTimeoutMs: number;
   serve(connection: InterceptedConnection): void;
   onHandshakeFailed(err: Error): void;
 }
 
-const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
 /** A TLS record of type handshake starts with this byte (RFC 8446 5.1). */
 const TLS_HANDSHAKE = 0x16;
 
+/**
+ * Resolves once the tunnel is open: its plain connection served, or TLS under way (served when the
+ * handshake is done). Throws ClientGoneError when the client left before that.
+ */
 export async function interceptTls(socket: Socket, head: Buffer, options: InterceptOptions): Promise<void> {
   // Issued before "200" so that a failure is still an HTTP answer (nearly always a cache hit).
-  const context = options.leaves.cached(options.host) ?? (await options.leaves.context(options.host));
-  if (socket.destroyed) return;
-  socket.write(ESTABLISHED);
+  const context = await options.leaves.context(options.host);
+  if (socket.destroyed) throw new ClientGoneError();
+  socket.write(CONNECTION_ESTABLISHED);
   if (head.length > 0) socket.unshift(head);
-  socket.setTimeout(options.handshakeTimeoutMs, () => socket.destroy());
+  // One deadline for the first byte and the whole handshake.
+  let expire = () => socket.destroy();
+  const deadline = setTimeout(() => expire(), options.handshakeTimeoutMs);
   const first = await firstByte(socket);
-  if (first === undefined) return;
-  socket.setTimeout(0);
+  if (first === undefined) {
+    clearTimeout(deadline);
+    throw new ClientGoneError();
+  }
   if (first !== TLS_HANDSHAKE) {
+    clearTimeout(deadline);
     options.serve(socket);
     return;
   }
@@ -50,28 +60,23 @@ export async function interceptTls(socket: Socket, head: Buffer, options: Interc
     SNICallback: (servername, done) => {
       const name = servername.toLowerCase();
       if (name === options.host || !options.sameUpstream(name)) return done(null, context);
-      leafFor(options.leaves, name).then((ctx) => done(null, ctx), done);
+      options.leaves.context(name).then((ctx) => done(null, ctx), done);
     },
   });
-  const handshakeTimer = setTimeout(() => tls.destroy(new Error('the client did not finish the TLS handshake in time')), options.handshakeTimeoutMs);
+  expire = () => tls.destroy(new Error('the client did not finish the TLS handshake in time'));
   const failed = (err: Error) => {
-    clearTimeout(handshakeTimer);
+    clearTimeout(deadline);
     options.onHandshakeFailed(err);
     tls.destroy();
   };
-  tls.once('error', failed);
+  tls.on('error', failed);
   // Whatever ends the TLS connection ends the client's TCP connection with it.
   tls.once('close', () => socket.destroy());
   tls.once('secure', () => {
-    clearTimeout(handshakeTimer);
+    clearTimeout(deadline);
     tls.off('error', failed);
     options.serve(tls);
   });
-}
-
-function leafFor(leaves: LeafCertificates, name: string): Promise<SecureContext> {
-  const cached = leaves.cached(name);
-  return cached ? Promise.resolve(cached) : leaves.context(name);
 }
 
 /** The first byte the client sends in the tunnel, left unread; undefined if it closes first. */

@@ -99,6 +99,8 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     } else {
       const failure = asGatewayError(err);
       record.error = failure.code;
+      // Inside a tunnel, host and key are the CONNECT's and cannot change: once refused, always refused.
+      if (tunnel && (failure.code === 'proxy_auth_required' || failure.code === 'destination_not_allowed')) res.shouldKeepAlive = false;
       if (failure.code === 'internal_error') ctx.logger.error({ err: failure.cause }, 'request failed inside the gateway');
       respondWithError(res, failure);
     }

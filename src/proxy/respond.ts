@@ -1,6 +1,6 @@
 /** The one place a refusal becomes an HTTP response: status, headers, and the JSON error body. */
 import { STATUS_CODES, type ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
 import { errorBody, GatewayError } from '../errors.js';
 
 export function respondWithError(res: ServerResponse, err: GatewayError): void {
@@ -19,6 +19,9 @@ export function respondWithError(res: ServerResponse, err: GatewayError): void {
   res.end(body);
 }
 
+/** A CONNECT's answer when the tunnel is open (RFC 9110 9.3.6): what follows is the tunnel's. */
+export const CONNECTION_ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
+
 /** The refusal's own headers, and Retry-After in whole seconds (at least 1) when it has one. */
 function errorHeaders(err: GatewayError): Record<string, string> {
   const headers = { ...err.headers };
@@ -35,7 +38,7 @@ export function asGatewayError(err: unknown): GatewayError {
  * For the moments Node gives us a bare socket instead of a response (a request it could not
  * parse, CONNECT, Upgrade): the same JSON error, written as a whole HTTP/1.1 response, then close.
  */
-export function respondOnSocket(socket: Duplex, err: GatewayError): void {
+export function respondOnSocket(socket: Socket, err: GatewayError): void {
   if (!socket.writable) {
     socket.destroy();
     return;
@@ -44,9 +47,12 @@ export function respondOnSocket(socket: Duplex, err: GatewayError): void {
   const extra = Object.entries(errorHeaders(err))
     .map(([name, value]) => `${name}: ${value}\r\n`)
     .join('');
-  socket.end(
+  socket.write(
     `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? ''}\r\n` +
       'content-type: application/json; charset=utf-8\r\n' +
       `content-length: ${Buffer.byteLength(body)}\r\n${extra}connection: close\r\n\r\n${body}`,
   );
+  // Closed once the answer is out, whatever the client does: an HTTP server's sockets allow half-open
+  // connections, and a client that never closes must not keep the socket (nor a tunnel place).
+  socket.destroySoon();
 }

@@ -18,10 +18,8 @@ import { asGatewayError, respondOnSocket, respondWithError } from './respond.js'
 /** clientError codes that mean the client went away, not that it sent something wrong. */
 const CLIENT_LEFT = new Set(['ECONNRESET', 'EPIPE', 'HPE_INVALID_EOF_STATE']);
 
-export interface ProxyContext extends PipelineContext, Omit<ConnectContext, 'serveIntercepted' | 'idleTimeoutMs' | 'handshakeTimeoutMs'> {
-  /** True once shutdown began: responses ask clients to close their connections. */
-  readonly draining: boolean;
-}
+/** What the listener needs; once `draining`, responses ask clients to close their connections and CONNECTs are refused. */
+export type ProxyContext = PipelineContext & Omit<ConnectContext, 'serveIntercepted' | 'idleTimeoutMs' | 'handshakeTimeoutMs'>;
 
 /**
  * The proxy listener. Its closeIdleConnections() and closeAllConnections() also reach the
@@ -41,6 +39,9 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
     },
     logger: ctx.logger,
     tunnels: ctx.tunnels,
+    get draining() {
+      return ctx.draining;
+    },
     get leaves() {
       return ctx.leaves;
     },
@@ -52,12 +53,14 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
     },
   };
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    keepErrorsOnSocket(socket, ctx);
     handleConnect(connectContext, req, socket, head).catch((err: unknown) => {
       ctx.logger.error({ err }, 'CONNECT handler failed');
       socket.destroy();
     });
   });
   inner.on('connect', (req: IncomingMessage, socket: Socket) => {
+    keepErrorsOnSocket(socket, ctx);
     const err = new GatewayError('bad_request', 'a CONNECT inside a tunnel is not served');
     logRefusal(ctx.logger, req, err);
     respondOnSocket(socket, err);
@@ -74,6 +77,17 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
     ctx.tunnels.destroyAll();
   };
   return server;
+}
+
+/**
+ * Node takes its own error listener off a socket it hands over with 'connect': without one of
+ * ours, a client that resets its connection would crash the process.
+ */
+function keepErrorsOnSocket(socket: Socket, ctx: ProxyContext): void {
+  socket.on('error', (err: NodeJS.ErrnoException) => {
+    ctx.logger.debug({ err: err.code ?? err.message }, 'CONNECT client connection failed');
+    socket.destroy();
+  });
 }
 
 /** An HTTP server with the limits of `listen:`; `tunnelOf` tells which tunnel a request came in. */

@@ -2,11 +2,12 @@
  * Every CONNECT tunnel this instance holds, intercepted or blind. A tunnel holds two sockets and,
  * intercepted, TLS state for as long as the client keeps it, so the count is bounded
  * (listen.maxTunnels) and a blind tunnel also counts against its upstream's `connections`: idle
- * tunnels cannot take the process's memory or the upstream's connection budget.
+ * tunnels cannot take the process's memory or the upstream's connection budget. A blind tunnel is
+ * also checked against each reloaded config, since no request in it ever is.
  */
 import type { Duplex } from 'node:stream';
 import { GatewayError } from '../errors.js';
-import type { UpstreamProfile } from '../policy.js';
+import type { Policy, UpstreamProfile } from '../policy.js';
 
 export interface TunnelCounts {
   intercepted: number;
@@ -22,7 +23,8 @@ export interface TunnelsStatus {
 const RETRY_AFTER_MS = 1_000;
 
 export class Tunnels {
-  private readonly open = new Set<Duplex>();
+  /** Each open tunnel, with what says whether a new config still allows it (blind tunnels only). */
+  private readonly open = new Map<Duplex, ((policy: Policy) => boolean) | undefined>();
   private readonly byUpstream = new Map<string, TunnelCounts>();
 
   constructor(private readonly max: number) {}
@@ -31,7 +33,7 @@ export class Tunnels {
    * Holds a place for the tunnel on `socket` until the socket closes; throws too_many_tunnels past
    * listen.maxTunnels, and tunnel_limited for a blind tunnel past its upstream's connections.
    */
-  admit(socket: Duplex, upstream: UpstreamProfile): void {
+  admit(socket: Duplex, upstream: UpstreamProfile, stillAllowed?: (policy: Policy) => boolean): void {
     if (this.open.size >= this.max) {
       throw new GatewayError('too_many_tunnels', `this instance holds ${this.max} tunnels already (listen.maxTunnels)`, {
         retryAfterMs: RETRY_AFTER_MS,
@@ -47,7 +49,7 @@ export class Tunnels {
     }
     counts[kind]++;
     this.byUpstream.set(upstream.name, counts);
-    this.open.add(socket);
+    this.open.set(socket, stillAllowed);
     socket.once('close', () => {
       this.open.delete(socket);
       counts[kind]--;
@@ -55,9 +57,21 @@ export class Tunnels {
     });
   }
 
+  /** After a reload: cuts the tunnels the new config no longer allows; returns how many. */
+  revalidate(policy: Policy): number {
+    let cut = 0;
+    for (const [socket, stillAllowed] of this.open) {
+      if (stillAllowed && !stillAllowed(policy)) {
+        socket.destroy();
+        cut++;
+      }
+    }
+    return cut;
+  }
+
   /** At the end of a drain: whatever tunnel is still open is cut. */
   destroyAll(): void {
-    for (const socket of this.open) socket.destroy();
+    for (const socket of this.open.keys()) socket.destroy();
   }
 
   status(): TunnelsStatus {

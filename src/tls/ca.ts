@@ -18,6 +18,11 @@ export class CaError extends Error {
   override name = 'CaError';
 }
 
+/** A CA key that other users can read: the gateway refuses to start on it (any other CA problem only disables interception). */
+export class InsecureCaKeyError extends CaError {
+  override name = 'InsecureCaKeyError';
+}
+
 /** How the CA signs: ECDSA with the hash that fits its curve, or RSA PKCS#1 v1.5 with SHA-256. */
 export type SigningAlgorithm =
   | { readonly name: 'ECDSA'; readonly hash: 'SHA-256' | 'SHA-384' }
@@ -220,7 +225,7 @@ async function checkKeyMode(path: string): Promise<void> {
     throw new CaError(`tls: cannot read the CA key ${path} (${code(err)}); check the path and its permissions`);
   }
   if ((mode & 0o077) !== 0) {
-    throw new CaError(
+    throw new InsecureCaKeyError(
       `tls: ${path} is readable by other users (mode 0${(mode & 0o777).toString(8)}); run: chmod 600 ${path}`,
     );
   }

@@ -8,13 +8,12 @@
  */
 import { isIP } from 'node:net';
 import { createSecureContext, type SecureContext } from 'node:tls';
+import { isHostName } from '../routing/hostname.js';
 import { CaError, randomSerial, type GatewayCa } from './ca.js';
 import { newP256Key, x509 } from './x509.js';
 
 const HOUR_MS = 3_600_000;
 const LEAF_LIFE_MS = 7 * 24 * HOUR_MS;
-/** A DNS name: dot-separated labels of letters, digits and inner hyphens, 253 characters at most. */
-const DNS_NAME = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 interface LeafKey {
   /** PKCS#8 PEM, for tls.createSecureContext. */
@@ -132,7 +131,7 @@ export class LeafCertificates {
 
   async #issue(name: string): Promise<SecureContext> {
     const ip = isIP(name) !== 0;
-    if (!ip && !DNS_NAME.test(name)) {
+    if (!ip && !isHostName(name)) {
       throw new CaError(`tls: "${name}" is neither a DNS name nor an IP address; no certificate is issued for it`);
     }
     const now = this.#now();

@@ -17,6 +17,7 @@ const RANGES: [name: string, subnets: [network: string, prefix: number][]][] = [
   ['link-local (cloud metadata)', [['169.254.169.254', 32]]],
   ['CGNAT (cloud metadata)', [['100.100.100.200', 32]]], // Alibaba Cloud
   ['private (cloud metadata)', [['fd00:ec2::254', 128]]], // AWS over IPv6
+  ['cloud metadata', [['168.63.129.16', 32]]], // Azure's WireServer, in a public range
   ['broadcast', [['255.255.255.255', 32]]],
   ['"this network"', [['0.0.0.0', 8]]],
   ['unspecified', [['::', 128]]],
