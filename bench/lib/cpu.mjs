@@ -19,3 +19,12 @@ export function cpuTicks(pid, ifGone) {
     return ifGone;
   }
 }
+
+/** Busy, steal and total ticks of one core, from /proc/stat. */
+export function coreTicks(cpu) {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${cpu} `));
+  if (!line) return { busy: 0, steal: 0, total: 0 };
+  const [user, nice, system, idle, iowait, irq, softirq, steal = 0] = line.trim().split(/\s+/).slice(1).map(Number);
+  const busy = user + nice + system + irq + softirq;
+  return { busy, steal, total: busy + steal + idle + iowait };
+}

@@ -13,18 +13,19 @@
 // sluice-limits sluice-limits-redis), BENCH_PROFILE=1 (afterwards, profile the gateway under load with --cpu-prof into
 // /tmp and summarise it), BENCH_JSON=FILE (also write every run's figures there), BENCH_REDIS_URL
 // (redis://127.0.0.1:6379, for sluice-limits-redis).
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'node:fs';
 import { request } from 'node:http';
 import { cpus, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { trackChildren } from '../lib/children.mjs';
-import { CLK_TCK, cpuTicks } from '../lib/cpu.mjs';
+import { CLK_TCK, coreTicks, cpuTicks } from '../lib/cpu.mjs';
 import { f0, f1, f3, ratio, table } from '../lib/format.mjs';
 import { freePorts } from '../lib/ports.mjs';
+import { firstLine, have, PIN, pinned, starter, stderrOf } from '../lib/spawn.mjs';
 import { summarise } from './profile-summary.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -53,58 +54,11 @@ const KEY = 'bench-key-3f9c2a71d0e4';
 const AUTH_HEADER = `X-Sluice-Key: ${TENANT}:${KEY}`;
 const PATH = '/bench/rest';
 
-const have = (cmd) => {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-};
-const PIN = cpus().length >= 2 && have('taskset') && env.BENCH_NO_PIN !== '1';
-const pinned = (cpu, cmd, args) => (PIN ? ['taskset', ['-c', cpu, cmd, ...args]] : [cmd, args]);
-
 // ---------------------------------------------------------------------------------------------
 // Processes: every child is remembered and ended at exit (run.sh's trap is the second net).
 
 const { work, track, stopAll, stopping } = trackChildren({ label: 'bench', keepTmpVar: 'BENCH_KEEP_TMP' });
-
-function start(name, cpu, cmd, args, { stdout = 'pipe', cwd = work } = {}) {
-  const [c, a] = pinned(cpu, cmd, args);
-  const errFile = join(work, `${name}.stderr`);
-  const out = stdout === 'null' ? openSync('/dev/null', 'w') : 'pipe';
-  const child = track(spawn(c, a, { cwd, stdio: ['ignore', out, openSync(errFile, 'w')], env: { ...env, NODE_ENV: 'production' } }), name);
-  child.errFile = errFile;
-  return child;
-}
-
-function firstLine(child, pattern, timeoutMs = 10_000) {
-  return new Promise((resolvePromise, reject) => {
-    let buf = '';
-    const timer = setTimeout(() => reject(new Error(`${child.benchName}: no "${pattern}" within ${timeoutMs} ms${stderrOf(child)}`)), timeoutMs);
-    child.stdout.on('data', (d) => {
-      buf += d;
-      const m = pattern.exec(buf);
-      if (m) {
-        clearTimeout(timer);
-        resolvePromise(m);
-      }
-    });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${child.benchName} exited (${code})${stderrOf(child)}`));
-    });
-  });
-}
-
-function stderrOf(child) {
-  try {
-    const text = readFileSync(child.errFile, 'utf8').trim();
-    return text ? `:\n${text.split('\n').slice(-15).join('\n')}` : '';
-  } catch {
-    return '';
-  }
-}
+const start = starter({ work, track });
 
 function get(url, headers = {}) {
   return new Promise((resolvePromise, reject) => {
@@ -145,15 +99,6 @@ function childPids(pid) {
   } catch {
     return [];
   }
-}
-
-/** Busy and total ticks of one core, from /proc/stat. */
-function coreTicks(cpu) {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${cpu} `));
-  if (!line) return { busy: 0, total: 0 };
-  const [user, nice, system, idle, iowait, irq, softirq, steal = 0] = line.trim().split(/\s+/).slice(1).map(Number);
-  const busy = user + nice + system + irq + softirq;
-  return { busy, steal, total: busy + steal + idle + iowait };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@
 // No DNS: the ProxyAgent hands the host name to the gateway in the CONNECT, the gateway connects to
 // its target 127.0.0.1, and the direct client connects to 127.0.0.1 with a servername. Any name
 // lookup this process attempts fails (dns.lookup is replaced below) and is counted in the report.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import dns from 'node:dns';
-import { mkdirSync, openSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { isIP } from 'node:net';
 import { cpus, release } from 'node:os';
@@ -34,10 +34,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Agent, ProxyAgent, request } from 'undici';
 import { trackChildren } from '../lib/children.mjs';
-import { CLK_TCK, cpuTicks } from '../lib/cpu.mjs';
+import { CLK_TCK, coreTicks, cpuTicks } from '../lib/cpu.mjs';
 import { f0, f1, f3, ratio, table } from '../lib/format.mjs';
 import { freePorts } from '../lib/ports.mjs';
 import { waitReady } from '../lib/ready.mjs';
+import { firstLine, have, PIN, starter, stderrOf } from '../lib/spawn.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
@@ -77,58 +78,13 @@ dns.lookup = (hostname, options, callback) => {
   process.nextTick(cb, Object.assign(new Error(`bench: no DNS lookups here (asked for ${hostname})`), { code: 'ENOTFOUND' }));
 };
 
-const have = (cmd) => {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-};
-const PIN = cpus().length >= 2 && have('taskset') && env.BENCH_NO_PIN !== '1';
-const pinned = (cpu, cmd, args) => (PIN ? ['taskset', ['-c', cpu, cmd, ...args]] : [cmd, args]);
-
 // ---------------------------------------------------------------------------------------------
 // Processes: every child is remembered and ended at exit (run.sh's trap is the second net).
 
 const { work, track, stopAll, stopping } = trackChildren({ label: 'bench-https', keepTmpVar: 'BENCH_KEEP_TMP' });
-
-function start(name, cmd, args, { stdout = 'pipe', cwd = work } = {}) {
-  const [c, a] = pinned(SERVER_CPU, cmd, args);
-  const errFile = join(work, `${name}.stderr`);
-  const out = stdout === 'null' ? openSync('/dev/null', 'w') : 'pipe';
-  const child = track(spawn(c, a, { cwd, stdio: ['ignore', out, openSync(errFile, 'w')], env: { ...env, NODE_ENV: 'production' } }), name);
-  child.errFile = errFile;
-  return child;
-}
-
-function stderrOf(child) {
-  try {
-    const text = readFileSync(child.errFile, 'utf8').trim();
-    return text ? `:\n${text.split('\n').slice(-15).join('\n')}` : '';
-  } catch {
-    return '';
-  }
-}
-
-function firstLine(child, pattern, timeoutMs = 10_000) {
-  return new Promise((resolvePromise, reject) => {
-    let buf = '';
-    const timer = setTimeout(() => reject(new Error(`${child.benchName}: no "${pattern}" within ${timeoutMs} ms${stderrOf(child)}`)), timeoutMs);
-    child.stdout.on('data', (d) => {
-      buf += d;
-      const m = pattern.exec(buf);
-      if (m) {
-        clearTimeout(timer);
-        resolvePromise(m);
-      }
-    });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${child.benchName} exited (${code})${stderrOf(child)}`));
-    });
-  });
-}
+const startOn = starter({ work, track });
+/** Every server of this benchmark runs on the server core. */
+const start = (name, cmd, args, options) => startOn(name, SERVER_CPU, cmd, args, options);
 
 /** GET a JSON document from the admin listener. */
 function getJson(url) {
@@ -149,15 +105,6 @@ function getJson(url) {
     req.on('error', reject);
     req.end();
   });
-}
-
-/** Busy and total ticks of one core, from /proc/stat (as in bench.mjs). */
-function coreTicks(cpu) {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${cpu} `));
-  if (!line) return { busy: 0, steal: 0, total: 0 };
-  const [user, nice, system, idle, iowait, irq, softirq, steal = 0] = line.trim().split(/\s+/).slice(1).map(Number);
-  const busy = user + nice + system + irq + softirq;
-  return { busy, steal, total: busy + steal + idle + iowait };
 }
 
 // ---------------------------------------------------------------------------------------------
