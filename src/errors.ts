@@ -24,6 +24,7 @@ export const ERRORS = {
   store_unavailable: { status: 503, doc: 'The shared limit store (Redis) cannot be reached and store.onError is deny.' },
   credentials_missing: { status: 503, doc: "The upstream's credentials are not set in the environment; see the start-up warning." },
   credentials_unavailable: { status: 503, doc: 'The upstream credential cannot be had right now (e.g. no valid OAuth2 token).' },
+  circuit_open: { status: 503, doc: "The upstream's circuit breaker is open after repeated failures; Retry-After is the cooldown left." },
   upstream_unreachable: { status: 502, doc: 'The upstream refused or dropped the connection, or sent an invalid response.' },
   egress_refused: { status: 502, doc: "The upstream's target resolved to a private address and the upstream does not set allowPrivate." },
   upstream_timeout: { status: 504, doc: 'The upstream did not connect, answer or send its body within the configured timeouts.' },

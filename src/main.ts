@@ -23,6 +23,7 @@ import { Tunnels } from './proxy/tunnels.js';
 import { openStore } from './store/open.js';
 import { CaError, InsecureCaKeyError, loadOrCreateCa } from './tls/ca.js';
 import { LeafCertificates } from './tls/leaf.js';
+import { BreakerRegistry } from './upstream/breaker.js';
 import { PoolRegistry } from './upstream/pools.js';
 
 export interface GatewayOptions {
@@ -50,6 +51,7 @@ export class Gateway implements ProxyContext {
   private readonly scrubber: SecretScrubber;
   private readonly pools: PoolRegistry;
   private readonly credentials: CredentialRegistry;
+  private readonly breakers: BreakerRegistry;
   private readonly options: GatewayOptions;
   private readonly proxyServer: Server;
   private readonly adminServer: Server;
@@ -80,7 +82,13 @@ export class Gateway implements ProxyContext {
       learnSecret: (value) => this.scrubber.learn(value),
       storeReady: opened.connected,
     });
-    this.policy = new Policy(loaded, this.pools, this.credentials);
+    this.breakers = new BreakerRegistry({
+      store: opened.tokens,
+      prefix: storeConfig.prefix,
+      logger: this.logger,
+      shared: storeConfig.type === 'redis',
+    });
+    this.policy = new Policy(loaded, this.pools, this.credentials, this.breakers);
     for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
     this.proxyServer = createProxyServer(this, listen);
     this.adminServer = createAdminServer(
@@ -108,6 +116,7 @@ export class Gateway implements ProxyContext {
       gateway.proxyServer.close();
       gateway.adminServer.close();
       gateway.credentials.close();
+      gateway.breakers.close();
       await Promise.all([gateway.pools.close(), gateway.limiter.close()]);
       throw err;
     }
@@ -133,7 +142,7 @@ export class Gateway implements ProxyContext {
     return this.adminServer.address() as AddressInfo;
   }
 
-  /** GET /status: what this instance runs, its tunnels, and the state of every upstream's credentials. */
+  /** GET /status: what this instance runs, its tunnels, and the state of every upstream's credentials and circuit breakers. */
   async status(): Promise<Record<string, unknown>> {
     const policy = this.policy;
     return {
@@ -144,6 +153,7 @@ export class Gateway implements ProxyContext {
       ...(this.leaves ? { tls: { ca: this.leaves.caPath, leaves: this.leaves.stats() } } : {}),
       ...(this.caProblem ? { tls: { error: this.caProblem } } : {}),
       credentials: await credentialsStatus(policy),
+      breakers: Object.fromEntries([...policy.upstreams.values()].flatMap((u) => (u.breakers ? [[u.name, u.breakers.status()]] : []))),
     };
   }
 
@@ -222,12 +232,13 @@ export class Gateway implements ProxyContext {
     } catch (err) {
       return this.rejectReload([err instanceof Error ? err.message : String(err)]);
     }
-    this.policy = new Policy({ ...loaded, config }, this.pools, this.credentials);
+    this.policy = new Policy({ ...loaded, config }, this.pools, this.credentials, this.breakers);
     const cut = this.tunnels.revalidate(this.policy);
     if (cut > 0) this.logger.info({ tunnels: cut }, 'closed blind tunnels the new config no longer allows');
     this.logger.level = loaded.config.log.level;
     this.pools.retainOnly(this.policy.pools());
     this.credentials.retainOnly(this.policy.credentialProviders());
+    this.breakers.retainOnly(this.policy.breakerSets());
     this.logger.info({ from: previous.version, to: loaded.version }, 'config reloaded');
     return { ok: true, version: loaded.version, changed: true };
   }
@@ -266,6 +277,7 @@ export class Gateway implements ProxyContext {
     this.adminServer.close();
     this.adminServer.closeAllConnections();
     this.credentials.close();
+    this.breakers.close();
     await Promise.all([this.pools.close(), this.limiter.close()]);
     this.logger.info('stopped');
     // Bounded: with stdout gone (a closed pipe) a flush would never call back.

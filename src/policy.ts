@@ -13,6 +13,7 @@ import { UpstreamLimits } from './limits/rules.js';
 import type { Intake } from './proxy/intake.js';
 import { Router } from './routing/router.js';
 import { TenantDirectory } from './tenants/identify.js';
+import type { BreakerRegistry, BreakerSet } from './upstream/breaker.js';
 import type { PoolRegistry } from './upstream/pools.js';
 
 export interface UpstreamProfile {
@@ -38,6 +39,8 @@ export interface UpstreamProfile {
   readonly bodyIdleTimeoutMs: number;
   readonly maxBodySize: number;
   readonly limits: UpstreamLimits;
+  /** The circuit breaker(s) (`breaker:`); undefined without one. */
+  readonly breakers: BreakerSet | undefined;
 }
 
 export interface Route {
@@ -58,14 +61,14 @@ export class Policy {
   readonly secrets: readonly string[];
   private readonly router: Router<UpstreamProfile>;
 
-  constructor(loaded: LoadedConfig, pools: PoolRegistry, credentials: CredentialRegistry) {
+  constructor(loaded: LoadedConfig, pools: PoolRegistry, credentials: CredentialRegistry, breakers: BreakerRegistry) {
     const { config } = loaded;
     this.config = config;
     this.source = loaded.source;
     this.version = loaded.version;
     this.tenants = new TenantDirectory(config.tenants, loaded.tenantsWithoutKey);
     const upstreams = Object.entries(config.upstreams).map(([name, up]) =>
-      upstreamProfile(name, up, config, pools, credentials, loaded.credentialsMissing.get(name), loaded.upstreamCa.get(name)),
+      upstreamProfile(name, up, config, { pools, credentials, breakers }, loaded.credentialsMissing.get(name), loaded.upstreamCa.get(name)),
     );
     this.upstreams = new Map(upstreams.map((u) => [u.name, u]));
     this.router = new Router(upstreams);
@@ -91,6 +94,11 @@ export class Policy {
   /** The credential providers this policy uses (the registry closes the others after a swap). */
   credentialProviders(): Set<CredentialProvider> {
     return new Set([...this.upstreams.values()].flatMap((u) => (u.credentials ? [u.credentials] : [])));
+  }
+
+  /** The circuit breakers this policy uses (the registry closes the others after a swap). */
+  breakerSets(): Set<BreakerSet> {
+    return new Set([...this.upstreams.values()].flatMap((u) => (u.breakers ? [u.breakers] : [])));
   }
 
   /** The upstream whose match.hosts take this host ("host" or "host:port", lower case). */
@@ -138,12 +146,12 @@ function upstreamProfile(
   name: string,
   up: UpstreamConfig,
   config: Config,
-  pools: PoolRegistry,
-  credentials: CredentialRegistry,
+  registries: { pools: PoolRegistry; credentials: CredentialRegistry; breakers: BreakerRegistry },
   credentialsMissing: string[] | undefined,
   ca: string | undefined,
 ): UpstreamProfile {
   const target = up.target;
+  const { pools, credentials, breakers } = registries;
   return {
     name,
     match: up.match,
@@ -167,6 +175,7 @@ function upstreamProfile(
     bodyIdleTimeoutMs: up.timeouts.bodyIdle,
     maxBodySize: up.maxBodySize ?? config.listen.maxBodySize,
     limits: new UpstreamLimits(name, up, config.store.prefix),
+    breakers: up.breaker && breakers.acquire(name, up.breaker, up.credentials),
   };
 }
 

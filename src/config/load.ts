@@ -100,9 +100,8 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   if (problems.length > 0 || !parsed.success) throw new ConfigError(problems.sort(byLine));
 
   for (const name of Object.keys(parsed.data.upstreams)) {
-    const pending = ['breaker', 'retry'].filter((key) => doc.hasIn(['upstreams', name, key]));
-    if (pending.length > 0) {
-      warnings.push(at(['upstreams', name], `${pending.join(', ')}: validated, but not enforced by this version of the gateway`));
+    if (doc.hasIn(['upstreams', name, 'retry'])) {
+      warnings.push(at(['upstreams', name], 'retry: validated, but not enforced by this version of the gateway'));
     }
   }
   const version = createHash('sha256').update(text);

@@ -176,6 +176,34 @@ const oauth2Credentials = z.strictObject({
 
 const credentials = z.discriminatedUnion('type', [basicCredentials, headerCredentials, poolCredentials, oauth2Credentials]);
 
+/**
+ * A circuit breaker (upstream/breaker.ts): opens after `failures` failures, or past a failure
+ * `ratio` over at least `minRequests` requests, within `window`; refuses for `cooldown`; then lets
+ * `probes` requests through, whose outcome closes or reopens it.
+ */
+const breaker = z
+  .strictObject({
+    failures: z.number().int().positive().optional(),
+    ratio: z.number().gt(0, 'must be more than 0').lt(1, 'must be less than 1').optional(),
+    minRequests: z.number().int().positive().optional(),
+    window: duration.default(30_000),
+    cooldown: duration.default(30_000),
+    probes: z.number().int().positive().default(1),
+    on: z
+      .array(z.number().int().min(500, 'must be a 5xx status (a 4xx is not the upstream failing)').max(599, 'must be a 5xx status'))
+      .min(1)
+      .optional(),
+    per: z.enum(['upstream', 'credential']).optional(),
+  })
+  .superRefine((b, ctx) => {
+    if (b.minRequests !== undefined && b.ratio === undefined) ctx.addIssue({ code: 'custom', path: ['minRequests'], message: 'goes with ratio' });
+    // Ten buckets of at least 10 ms each (opossum's rolling window).
+    if (b.window < 100) ctx.addIssue({ code: 'custom', path: ['window'], message: 'must be at least 100ms' });
+    if (b.cooldown <= 0) ctx.addIssue({ code: 'custom', path: ['cooldown'], message: 'must be more than 0' });
+  })
+  // Without a ratio, the reference shape's count: 5 failures.
+  .transform((b) => ({ ...b, failures: b.failures ?? (b.ratio === undefined ? 5 : undefined) }));
+
 const upstream = z
   .strictObject({
     match: z
@@ -196,13 +224,7 @@ const upstream = z
       ])
       .default('reject'),
     mode: mode.default('enforce'),
-    breaker: z
-      .strictObject({
-        failures: z.number().int().positive().optional(),
-        window: duration.optional(),
-        cooldown: duration.optional(),
-      })
-      .optional(),
+    breaker: breaker.optional(),
     retry: z
       .strictObject({
         on: z.array(z.number().int().min(100).max(599)).default([]),
@@ -219,6 +241,10 @@ const upstream = z
       .prefault({}),
     connections: z.number().int().positive().default(128),
     maxBodySize: size.optional(),
+  })
+  .refine((u) => u.breaker?.per !== 'credential' || u.credentials?.type === 'pool', {
+    message: 'per: credential needs credentials of type pool',
+    path: ['breaker', 'per'],
   });
 
 const tenant = z.strictObject({ key: secret, weight: z.number().positive().default(1) });
@@ -278,3 +304,4 @@ export type UpstreamConfig = Config['upstreams'][string];
 export type LimitRuleConfig = UpstreamConfig['limits'][number];
 export type StoreConfig = Config['store'];
 export type CredentialsConfig = NonNullable<UpstreamConfig['credentials']>;
+export type BreakerConfig = NonNullable<UpstreamConfig['breaker']>;

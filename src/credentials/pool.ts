@@ -54,14 +54,19 @@ export class TokenPool implements CredentialProvider {
     return this.cooling.size > 0 ? [...this.cooling.keys()] : undefined;
   }
 
-  next(member?: number): Credential {
-    // The member the limits chose, unless it went out of rotation since (then the next in turn).
-    if (member !== undefined && !this.isCooling(member)) return this.members[member]!;
+  next(member?: number, skip?: readonly number[]): Credential {
+    // The member the limits chose, unless it went out of rotation (or its breaker opened) since: then the next in turn.
+    if (member !== undefined && !this.isCooling(member) && !skip?.includes(member)) return this.members[member]!;
     for (let tried = 0; tried < this.members.length; tried++) {
       const candidate = this.turn++ % this.members.length;
-      if (!this.isCooling(candidate)) return this.members[candidate]!;
+      if (!this.isCooling(candidate) && !skip?.includes(candidate)) return this.members[candidate]!;
     }
     throw this.allCooling(); // every member went out since the request's check (it waited in a queue)
+  }
+
+  memberOf(credential: Credential): number | undefined {
+    const member = this.members.indexOf(credential);
+    return member < 0 ? undefined : member;
   }
 
   private isCooling(member: number): boolean {

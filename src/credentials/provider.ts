@@ -24,10 +24,13 @@ export interface CredentialProvider {
    */
   outOfRotation?(): readonly number[] | undefined;
   /**
-   * The credential for one request; `member` is the pool member the limits chose. An OAuth2
-   * credential may wait here for the one refresh in flight. Throws a GatewayError when none can be had.
+   * The credential for one request; `member` is the pool member the limits chose, `skip` pool
+   * members the caller rules out (their circuit breaker is open). An OAuth2 credential may wait here
+   * for the one refresh in flight. Throws a GatewayError when none can be had.
    */
-  next(member?: number): Credential | Promise<Credential>;
+  next(member?: number, skip?: readonly number[]): Credential | Promise<Credential>;
+  /** The pool member a credential of next() is (per-credential circuit breakers). */
+  memberOf?(credential: Credential): number | undefined;
   /** The upstream answered `status` to a request that carried `credential` (401s and 403s matter). */
   answered(credential: Credential, status: number): void;
   /** An operator's refresh (OAuth2 only): one refresh now, within the refresh budget unless forced. */

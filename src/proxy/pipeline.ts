@@ -1,7 +1,7 @@
 /**
  * One request's path through the gateway, in order:
  *
- *   intake → identify → route → admit → authorize → forward → learn → log
+ *   intake → identify → route → breaker → admit → authorize → forward → learn → log
  *
  * Each stage is a small function that either returns what the next one needs or throws a
  * GatewayError (admit returns its refusal as a value, which becomes one here); refusals are
@@ -17,6 +17,7 @@ import type { Refusal } from '../limits/verdict.js';
 import { loggablePath, type Logger } from '../observability/logger.js';
 import type { Policy, UpstreamProfile } from '../policy.js';
 import type { Tenant } from '../tenants/identify.js';
+import type { Trial } from '../upstream/breaker.js';
 import { ClientGoneError, forward } from '../upstream/forward.js';
 import { upstreamRequestHeaders } from '../upstream/headers.js';
 import { requestBody } from './body.js';
@@ -54,6 +55,7 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
   const startedAt = performance.now();
   const policy = ctx.policy;
   const record: RequestRecord = { method: req.method ?? '', path: '', clientGone: false };
+  let trial: Trial | undefined;
 
   try {
     const target = intake(req, tunnel);
@@ -65,8 +67,11 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     record.upstream = upstream.name;
     const credentials = credentialsOf(upstream);
     credentials?.check();
-    const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record);
-    const credential = await credentials?.next(admission.credential);
+    // breaker: an open one refuses here, before the limits are used; pool members it holds out are skipped.
+    trial = upstream.breakers?.check(credentials?.outOfRotation?.());
+    const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record, trial);
+    const credential = await credentials?.next(admission.credential, trial?.refusing());
+    trial?.use(credential && credentials?.memberOf?.(credential));
     const body = requestBody(req, upstream.maxBodySize, upstream.name);
     // Every check passed: now the client may send the body it is holding back (server.ts).
     if (req.headers.expect?.toLowerCase() === '100-continue' && req.httpVersionMinor >= 1) res.writeContinue();
@@ -87,12 +92,17 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
         headersTimeoutMs: upstream.headersTimeoutMs,
         bodyTimeoutMs: upstream.bodyIdleTimeoutMs,
         responseHeaders: admission.headers,
-        // learn: a 401 makes an OAuth2 token suspect, a 401/403 takes a pool token out of rotation.
-        onStatus: credential && ((status) => credentials!.answered(credential, status)),
+        // learn: a 401 makes an OAuth2 token suspect, a 401/403 takes a pool token out of rotation,
+        // a 5xx counts against the circuit breaker.
+        onStatus: (status) => {
+          trial?.answered(status);
+          if (credential) credentials!.answered(credential, status);
+        },
       },
       res,
     );
   } catch (err) {
+    trial?.failed(err); // a connection failure or timeout counts against the breaker
     if (err instanceof ClientGoneError || err instanceof QueueAbortedError || req.socket.destroyed) {
       record.clientGone = true; // nobody left to answer; a half-closed connection is not kept waiting
       res.destroy();
@@ -105,6 +115,7 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
       respondWithError(res, failure);
     }
   }
+  trial?.end();
   // One line per request, once the response is done with (finished, cut, or abandoned).
   const log = () => logRequest(ctx.logger, record, res, startedAt);
   if (res.closed) log();
@@ -123,6 +134,7 @@ async function admit(
   tenant: Tenant,
   path: string,
   record: RequestRecord,
+  trial: Trial | undefined,
 ): Promise<Admission> {
   // Only a request that queues needs to hear that its client left; most never ask.
   let gone: AbortController | undefined;
@@ -135,7 +147,9 @@ async function admit(
     return gone.signal;
   };
   const rank = priorityRank(req.headers['x-sluice-priority']);
-  const outOfRotation = upstream.credentials?.outOfRotation?.bind(upstream.credentials);
+  // Pool members out of the choice: cooling tokens, and those whose circuit breaker refuses.
+  const cooling = upstream.credentials?.outOfRotation?.bind(upstream.credentials);
+  const outOfRotation = trial ? () => union(cooling?.(), trial.refusing()) : cooling;
   const verdict = await limiter.admit({ limits: upstream.limits, tenant, method: record.method, path, rank, outOfRotation, clientGone });
   if (!verdict.admitted) {
     record.limit = verdict.rule.name;
@@ -201,6 +215,10 @@ function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, 
     },
     'request',
   );
+}
+
+function union(a: readonly number[] | undefined, b: readonly number[] | undefined): readonly number[] | undefined {
+  return a && b ? [...new Set([...a, ...b])] : (a ?? b);
 }
 
 function round(ms: number): number {

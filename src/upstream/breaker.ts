@@ -1,0 +1,238 @@
+/**
+ * The circuit breakers of the running policy (`breaker:`), kept across reloads like the pools and
+ * credential providers: an upstream whose breaker settings did not change keeps its breakers (and
+ * their state); the others are closed once the new policy is in.
+ *
+ * A breaker guards the upstream as a whole, or each member of a token pool (`per: credential`, the
+ * default for pools). The pipeline asks before admission, so a refused request uses up no limit:
+ * an open breaker per upstream refuses at once (503 circuit_open, Retry-After = the cooldown left);
+ * an open member's breaker takes that member out of the choice like a cooling token. The request
+ * then carries a Trial, told the upstream's status or connection failure once known. Outcomes are
+ * reported rather than the request being wrapped in opossum's fire(), because the check must come
+ * before admission and the outcome arrives in a callback, long after.
+ *
+ * Across instances (store.type redis) a breaker that opens here writes its cooldown to the store
+ * (the token store's cool-down hash, as a pool's cool-downs are shared); every instance reads them
+ * every SYNC_EVERY_MS and opens its own breaker for the time left, then probes on its own. With the
+ * store away each instance carries on with what it sees itself.
+ */
+import type { BreakerConfig, CredentialsConfig } from '../config/schema.js';
+import { SYNC_EVERY_MS } from '../credentials/pool.js';
+import { GatewayError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import type { TokenStore } from '../store/tokens.js';
+import { Breaker, circuitOpen, type BreakerListener, type BreakerSettings, type BreakerState } from './circuit.js';
+
+/** The store's member number for a breaker of the whole upstream (pool members are 0, 1, ...). */
+const WHOLE_UPSTREAM = -1;
+
+export interface BreakerContext {
+  store: TokenStore;
+  /** store.prefix. */
+  prefix: string;
+  logger: Logger;
+  /** Share openings through the store (store.type redis); the memory store is this instance's alone. */
+  shared: boolean;
+}
+
+export class BreakerRegistry {
+  private readonly sets = new Map<string, BreakerSet>();
+  private readonly sync: NodeJS.Timeout | undefined;
+  private syncing = false;
+  private storeAway = false;
+
+  constructor(private readonly context: BreakerContext) {
+    if (context.shared) this.sync = setInterval(() => void this.learn(), SYNC_EVERY_MS).unref();
+  }
+
+  /** The breakers for an upstream's `breaker:` block: the running ones when nothing they depend on changed. */
+  acquire(upstream: string, config: BreakerConfig, credentials: CredentialsConfig | undefined): BreakerSet {
+    const poolSize = credentials?.type === 'pool' ? credentials.tokens.length : undefined;
+    const per = config.per ?? (poolSize === undefined ? 'upstream' : 'credential');
+    const members = per === 'credential' ? poolSize : undefined;
+    const settings = settingsOf(config);
+    const id = JSON.stringify([upstream, settings, members ?? null]);
+    let set = this.sets.get(id);
+    if (!set) {
+      const key = `{${this.context.prefix}:breaker:${upstream}}`;
+      set = new BreakerSet(upstream, key, settings, members, this.context.logger, (member, ms) => this.publish(key, member, ms));
+      this.sets.set(id, set);
+    }
+    return set;
+  }
+
+  /** Closes the breakers no policy in `used` holds (after a reload swapped the policy). */
+  retainOnly(used: ReadonlySet<BreakerSet>): void {
+    for (const [id, set] of this.sets) {
+      if (!used.has(set)) {
+        set.close();
+        this.sets.delete(id);
+      }
+    }
+  }
+
+  close(): void {
+    clearInterval(this.sync);
+    this.retainOnly(new Set());
+  }
+
+  private publish(key: string, member: number, ms: number): void {
+    if (!this.context.shared) return;
+    this.context.store.coolDown(key, member, ms).catch((err: unknown) => {
+      this.context.logger.warn({ err: String(err) }, 'cannot share a circuit breaker opening through the store; this instance keeps it');
+    });
+  }
+
+  /** Openings of other instances (and this one's, which the breakers recognise). */
+  private async learn(): Promise<void> {
+    if (this.syncing) return; // a slow store: one read at a time
+    this.syncing = true;
+    try {
+      for (const set of [...this.sets.values()]) set.learn(await this.context.store.cooling(set.key));
+      if (this.storeAway) this.context.logger.info('circuit breaker openings are shared through the store again');
+      this.storeAway = false;
+    } catch (err) {
+      if (!this.storeAway) this.context.logger.warn({ err: String(err) }, 'cannot read circuit breaker openings from the store; breakers are local until it answers');
+      this.storeAway = true;
+    } finally {
+      this.syncing = false;
+    }
+  }
+}
+
+/** An upstream's breakers: one for the whole upstream, or one per pool member. */
+export class BreakerSet implements BreakerListener {
+  private readonly breakers: Breaker[];
+
+  constructor(
+    readonly upstream: string,
+    /** Where openings are shared, in the store. */
+    readonly key: string,
+    settings: BreakerSettings,
+    /** Pool size for per-credential breakers; undefined: one breaker for the upstream. */
+    private readonly members: number | undefined,
+    private readonly logger: Logger,
+    private readonly publish: (member: number, ms: number) => void,
+  ) {
+    const indexes = members === undefined ? [undefined] : Array.from({ length: members }, (_, i) => i);
+    this.breakers = indexes.map((member) => new Breaker(member, settings, this));
+  }
+
+  /**
+   * Before admission: the request's Trial, or a 503 circuit_open when the upstream's breaker (or
+   * every pool member, cooling or open) refuses. `cooling`: pool members out of rotation already.
+   */
+  check(cooling: readonly number[] | undefined): Trial {
+    if (this.members === undefined) return new Trial(this, this.breakers[0]);
+    const refusing = this.breakers.filter((b) => !b.admits());
+    if (new Set([...(cooling ?? []), ...refusing.map((b) => b.member)]).size >= this.breakers.length) {
+      // The soonest breaker to admit again (a cooling token may come back sooner; it is not known here).
+      throw circuitOpen(this.upstream, Math.min(...refusing.map((b) => b.retryAfterMs())));
+    }
+    return new Trial(this, undefined);
+  }
+
+  /** Pool members whose breaker refuses now (undefined: none). */
+  refusing(): number[] | undefined {
+    if (this.members === undefined) return undefined;
+    const members = this.breakers.flatMap((b) => (b.admits() ? [] : [b.member!]));
+    return members.length > 0 ? members : undefined;
+  }
+
+  /** The breaker of a pool member (undefined for a breaker per upstream). */
+  member(index: number | undefined): Breaker | undefined {
+    return this.members === undefined || index === undefined ? undefined : this.breakers[index];
+  }
+
+  /** Openings in the store: member → ms left. */
+  learn(openings: ReadonlyMap<number, number>): void {
+    for (const [member, leftMs] of openings) {
+      const breaker = this.members === undefined ? (member === WHOLE_UPSTREAM ? this.breakers[0] : undefined) : this.breakers[member];
+      breaker?.openFor(leftMs);
+    }
+  }
+
+  changed(breaker: Breaker, state: BreakerState, learned: boolean): void {
+    const about = { upstream: this.upstream, credential: breaker.member };
+    if (state === 'open') {
+      const cooldownMs = breaker.retryAfterMs();
+      this.logger.warn({ ...about, cooldownMs, learned }, learned ? 'circuit breaker opened by another instance' : 'circuit breaker opened');
+      if (!learned) this.publish(breaker.member ?? WHOLE_UPSTREAM, cooldownMs);
+    } else {
+      this.logger.info(about, state === 'halfOpen' ? 'circuit breaker half-open: probing the upstream' : 'circuit breaker closed');
+    }
+  }
+
+  /** What /status shows. */
+  status(): Record<string, unknown> {
+    if (this.members === undefined) return { per: 'upstream', ...this.breakers[0]!.status() };
+    return { per: 'credential', members: this.breakers.map((b) => ({ index: b.member, ...b.status() })) };
+  }
+
+  close(): void {
+    for (const breaker of this.breakers) breaker.close();
+  }
+}
+
+/** One request through a breaker: let in (or refused), then told its outcome once. */
+export class Trial {
+  private breaker: Breaker | undefined;
+  private probe = false;
+
+  constructor(
+    private readonly set: BreakerSet,
+    breaker: Breaker | undefined,
+  ) {
+    if (breaker) this.enter(breaker);
+  }
+
+  /** Pool members the credential choice must skip: their breaker refuses. */
+  refusing(): readonly number[] | undefined {
+    return this.set.refusing();
+  }
+
+  /** The pool member the request goes with (per-credential breakers); throws circuit_open if it refuses now. */
+  use(member: number | undefined): void {
+    const breaker = this.set.member(member);
+    if (breaker && !this.breaker) this.enter(breaker);
+  }
+
+  /** The upstream's status: a failure when the breaker counts it (5xx, or the `on` list). */
+  answered(status: number): void {
+    if (this.breaker) this.settle(this.breaker.isFailure(status));
+  }
+
+  /** The request failed: connection failures and timeouts count; anything else only ends the trial. */
+  failed(err: unknown): void {
+    const counts = err instanceof GatewayError && (err.code === 'upstream_unreachable' || err.code === 'upstream_timeout');
+    this.settle(counts ? true : undefined);
+  }
+
+  /** Done with (safe to call again): a probe that had no outcome frees its place. */
+  end(): void {
+    this.settle(undefined);
+  }
+
+  private enter(breaker: Breaker): void {
+    this.probe = breaker.enter(this.set.upstream);
+    this.breaker = breaker;
+  }
+
+  private settle(failed: boolean | undefined): void {
+    const breaker = this.breaker;
+    this.breaker = undefined;
+    breaker?.settle(this.probe, failed);
+  }
+}
+
+function settingsOf(config: BreakerConfig): BreakerSettings {
+  return {
+    failures: config.failures,
+    ratio: config.ratio,
+    minRequests: config.minRequests ?? 0,
+    windowMs: config.window,
+    cooldownMs: config.cooldown,
+    probes: config.probes,
+    on: config.on,
+  };
+}
