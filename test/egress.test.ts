@@ -23,8 +23,11 @@ vi.mock('node:dns', async (importOriginal) => {
     'mixed.sluice.test': ['8.8.8.8', '10.1.2.3'],
     'public.sluice.test': ['8.8.8.8', '2606:4700::1111'],
   };
+  // A name that rebinds: public at its first lookup, loopback at every one after.
+  let flips = 0;
   const lookup = vi.fn((hostname: string, options: dns.LookupOptions, callback: (...args: unknown[]) => void) => {
-    const addresses = answers[hostname]?.map((address) => ({ address, family: address.includes(':') ? 6 : 4 }));
+    const answer = hostname === 'flip.sluice.test' ? [flips++ === 0 ? '8.8.8.8' : '127.0.0.1'] : answers[hostname];
+    const addresses = answer?.map((address) => ({ address, family: address.includes(':') ? 6 : 4 }));
     if (!addresses) return real.lookup(hostname, options, callback as never);
     process.nextTick(() => (options.all ? callback(null, addresses) : callback(null, addresses[0]!.address, addresses[0]!.family)));
   });
@@ -123,6 +126,13 @@ describe('guardedLookup', () => {
       { address: '8.8.8.8', family: 4 },
       { address: '2606:4700::1111', family: 6 },
     ]);
+  });
+
+  it('checks every lookup anew: a name that rebinds to loopback after a public answer is refused then', async () => {
+    const guarded = guardedLookup(false);
+    expect(await resolve(guarded, 'flip.sluice.test', false)).toEqual({ err: null, address: '8.8.8.8', family: 4 });
+    const rebound = await resolve(guarded, 'flip.sluice.test', false);
+    expect(rebound.err).toMatchObject({ code: 'ESLUICE_EGRESS', address: '127.0.0.1', range: 'loopback' });
   });
 
   it('refuses localhost (from /etc/hosts), and is plain dns.lookup with allowPrivate', async () => {
