@@ -16,6 +16,10 @@ export const ERRORS = {
   rate_limited: { status: 429, doc: 'A rate limit of the upstream is used up; Retry-After (and retryAfterMs) says when to ask again.' },
   quota_exceeded: { status: 429, doc: 'A quota (N per calendar hour or day, UTC) is used up; Retry-After points at the next period.' },
   concurrency_limited: { status: 429, doc: 'Too many requests to the upstream are in flight; Retry-After: 1 is a hint, room comes when one ends.' },
+  upstream_paused: {
+    status: 429,
+    doc: 'The upstream asked for a pause (429/503 with Retry-After, a used-up X-RateLimit/RateLimit, a feedback.body rule); Retry-After is the pause left.',
+  },
   queue_full: { status: 429, doc: "The upstream's wait queue (onLimit.maxQueue) is full on this instance." },
   tls_unavailable: { status: 503, doc: "The gateway's CA could not be loaded or created, so it cannot intercept; the start-up log says why." },
   shutting_down: { status: 503, doc: 'The gateway is draining for shutdown and opens no new tunnels; Retry-After: 1.' },

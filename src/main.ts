@@ -14,10 +14,11 @@ import { refreshCredentials, credentialsStatus } from './credentials/operations.
 import { CredentialRegistry } from './credentials/registry.js';
 import { aesSealer, plainSealer } from './credentials/seal.js';
 import { Limiter } from './limits/admit.js';
+import { PauseRegistry } from './limits/pauses.js';
 import { watchConfig, type ConfigWatcher } from './config/watch.js';
 import { adminRoutes, createAdminServer, type Readiness } from './observability/admin.js';
 import { createLogger, SecretScrubber, type Logger } from './observability/logger.js';
-import { Policy } from './policy.js';
+import { Policy, type Registries } from './policy.js';
 import { createProxyServer, type ProxyContext } from './proxy/server.js';
 import { Tunnels } from './proxy/tunnels.js';
 import { openStore } from './store/open.js';
@@ -52,6 +53,7 @@ export class Gateway implements ProxyContext {
   private readonly pools: PoolRegistry;
   private readonly credentials: CredentialRegistry;
   private readonly breakers: BreakerRegistry;
+  private readonly pauses: PauseRegistry;
   private readonly options: GatewayOptions;
   private readonly proxyServer: Server;
   private readonly adminServer: Server;
@@ -88,7 +90,13 @@ export class Gateway implements ProxyContext {
       logger: this.logger,
       shared: storeConfig.type === 'redis',
     });
-    this.policy = new Policy(loaded, this.pools, this.credentials, this.breakers);
+    this.pauses = new PauseRegistry({
+      store: opened.tokens,
+      prefix: storeConfig.prefix,
+      logger: this.logger,
+      shared: storeConfig.type === 'redis',
+    });
+    this.policy = new Policy(loaded, this.registries());
     for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
     this.proxyServer = createProxyServer(this, listen);
     this.adminServer = createAdminServer(
@@ -117,6 +125,7 @@ export class Gateway implements ProxyContext {
       gateway.adminServer.close();
       gateway.credentials.close();
       gateway.breakers.close();
+      gateway.pauses.close();
       await Promise.all([gateway.pools.close(), gateway.limiter.close()]);
       throw err;
     }
@@ -142,7 +151,7 @@ export class Gateway implements ProxyContext {
     return this.adminServer.address() as AddressInfo;
   }
 
-  /** GET /status: what this instance runs, its tunnels, and the state of every upstream's credentials and circuit breakers. */
+  /** GET /status: what this instance runs, its tunnels, and the state of every upstream's credentials, circuit breakers and learned pauses. */
   async status(): Promise<Record<string, unknown>> {
     const policy = this.policy;
     return {
@@ -154,7 +163,12 @@ export class Gateway implements ProxyContext {
       ...(this.caProblem ? { tls: { error: this.caProblem } } : {}),
       credentials: await credentialsStatus(policy),
       breakers: Object.fromEntries([...policy.upstreams.values()].flatMap((u) => (u.breakers ? [[u.name, u.breakers.status()]] : []))),
+      pauses: Object.fromEntries([...policy.upstreams.values()].flatMap((u) => Object.entries({ [u.name]: u.pauses.status() }).filter(([, p]) => p))),
     };
+  }
+
+  private registries(): Registries {
+    return { pools: this.pools, credentials: this.credentials, breakers: this.breakers, pauses: this.pauses };
   }
 
   /**
@@ -232,13 +246,14 @@ export class Gateway implements ProxyContext {
     } catch (err) {
       return this.rejectReload([err instanceof Error ? err.message : String(err)]);
     }
-    this.policy = new Policy({ ...loaded, config }, this.pools, this.credentials, this.breakers);
+    this.policy = new Policy({ ...loaded, config }, this.registries());
     const cut = this.tunnels.revalidate(this.policy);
     if (cut > 0) this.logger.info({ tunnels: cut }, 'closed blind tunnels the new config no longer allows');
     this.logger.level = loaded.config.log.level;
     this.pools.retainOnly(this.policy.pools());
     this.credentials.retainOnly(this.policy.credentialProviders());
     this.breakers.retainOnly(this.policy.breakerSets());
+    this.pauses.retainOnly(this.policy.pauseSets());
     this.logger.info({ from: previous.version, to: loaded.version }, 'config reloaded');
     return { ok: true, version: loaded.version, changed: true };
   }
@@ -278,6 +293,7 @@ export class Gateway implements ProxyContext {
     this.adminServer.closeAllConnections();
     this.credentials.close();
     this.breakers.close();
+    this.pauses.close();
     await Promise.all([this.pools.close(), this.limiter.close()]);
     this.logger.info('stopped');
     // Bounded: with stdout gone (a closed pipe) a flush would never call back.

@@ -5,10 +5,11 @@
  */
 import type { Pool } from 'undici';
 import type { LoadedConfig } from './config/load.js';
-import type { Config, UpstreamConfig } from './config/schema.js';
+import type { Config, FeedbackConfig, UpstreamConfig } from './config/schema.js';
 import { credentialSecrets, type CredentialProvider } from './credentials/provider.js';
 import type { CredentialRegistry } from './credentials/registry.js';
 import { GatewayError } from './errors.js';
+import type { PauseRegistry, Pauses } from './limits/pauses.js';
 import { UpstreamLimits } from './limits/rules.js';
 import type { Intake } from './proxy/intake.js';
 import { Router } from './routing/router.js';
@@ -41,6 +42,19 @@ export interface UpstreamProfile {
   readonly limits: UpstreamLimits;
   /** The circuit breaker(s) (`breaker:`); undefined without one. */
   readonly breakers: BreakerSet | undefined;
+  /** What the upstream's answers may teach (`feedback:`), and the pauses learned so far. */
+  readonly feedback: FeedbackConfig;
+  readonly pauses: Pauses;
+  /** The number of tokens of a `pool` (undefined: no pool). */
+  readonly poolSize: number | undefined;
+}
+
+/** What outlives a policy: connection pools, credential providers, breakers, learned pauses. */
+export interface Registries {
+  pools: PoolRegistry;
+  credentials: CredentialRegistry;
+  breakers: BreakerRegistry;
+  pauses: PauseRegistry;
 }
 
 export interface Route {
@@ -61,14 +75,14 @@ export class Policy {
   readonly secrets: readonly string[];
   private readonly router: Router<UpstreamProfile>;
 
-  constructor(loaded: LoadedConfig, pools: PoolRegistry, credentials: CredentialRegistry, breakers: BreakerRegistry) {
+  constructor(loaded: LoadedConfig, registries: Registries) {
     const { config } = loaded;
     this.config = config;
     this.source = loaded.source;
     this.version = loaded.version;
     this.tenants = new TenantDirectory(config.tenants, loaded.tenantsWithoutKey);
     const upstreams = Object.entries(config.upstreams).map(([name, up]) =>
-      upstreamProfile(name, up, config, { pools, credentials, breakers }, loaded.credentialsMissing.get(name), loaded.upstreamCa.get(name)),
+      upstreamProfile(name, up, config, registries, loaded.credentialsMissing.get(name), loaded.upstreamCa.get(name)),
     );
     this.upstreams = new Map(upstreams.map((u) => [u.name, u]));
     this.router = new Router(upstreams);
@@ -99,6 +113,11 @@ export class Policy {
   /** The circuit breakers this policy uses (the registry closes the others after a swap). */
   breakerSets(): Set<BreakerSet> {
     return new Set([...this.upstreams.values()].flatMap((u) => (u.breakers ? [u.breakers] : [])));
+  }
+
+  /** The pauses this policy's upstreams keep (the registry forgets the others after a swap). */
+  pauseSets(): Set<Pauses> {
+    return new Set([...this.upstreams.values()].map((u) => u.pauses));
   }
 
   /** The upstream whose match.hosts take this host ("host" or "host:port", lower case). */
@@ -146,12 +165,12 @@ function upstreamProfile(
   name: string,
   up: UpstreamConfig,
   config: Config,
-  registries: { pools: PoolRegistry; credentials: CredentialRegistry; breakers: BreakerRegistry },
+  registries: Registries,
   credentialsMissing: string[] | undefined,
   ca: string | undefined,
 ): UpstreamProfile {
   const target = up.target;
-  const { pools, credentials, breakers } = registries;
+  const { pools, credentials, breakers, pauses } = registries;
   return {
     name,
     match: up.match,
@@ -176,6 +195,9 @@ function upstreamProfile(
     maxBodySize: up.maxBodySize ?? config.listen.maxBodySize,
     limits: new UpstreamLimits(name, up, config.store.prefix),
     breakers: up.breaker && breakers.acquire(name, up.breaker, up.credentials),
+    feedback: up.feedback,
+    pauses: pauses.acquire(name),
+    poolSize: up.credentials?.type === 'pool' ? up.credentials.tokens.length : undefined,
   };
 }
 

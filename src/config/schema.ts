@@ -204,6 +204,56 @@ const breaker = z
   // Without a ratio, the reference shape's count: 5 failures.
   .transform((b) => ({ ...b, failures: b.failures ?? (b.ratio === undefined ? 5 : undefined) }));
 
+/** A regular expression of the config, compiled once; it must capture the time (group `until`, or a first group). */
+const timePattern = z.string().transform((source, ctx): RegExp => {
+  let pattern: RegExp;
+  try {
+    pattern = new RegExp(source);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `is not a regular expression (${(err as Error).message})` });
+    return z.NEVER;
+  }
+  // An empty alternative always matches, and shows how many groups the pattern has.
+  if ((new RegExp(`${source}|`).exec('')?.length ?? 1) < 2) {
+    ctx.addIssue({ code: 'custom', message: 'needs a group around the time, like "until (?<until>[0-9: -]+)"' });
+    return z.NEVER;
+  }
+  return pattern;
+});
+
+const timezone = z.string().refine((zone) => {
+  try {
+    new Intl.DateTimeFormat('en', { timeZone: zone });
+    return true;
+  } catch {
+    return false;
+  }
+}, 'is not an IANA time zone, like "UTC" or "Europe/Warsaw"');
+
+/**
+ * A `feedback.body` rule (limits/feedback.ts): a small JSON body whose value at `path` equals
+ * `equals` is the upstream saying 429; `until` finds the time to pause until in its text.
+ */
+const bodyRule = z
+  .strictObject({
+    path: z.string().regex(/^[^.\s]+(\.[^.\s]+)*$/, 'must be a dot path into the JSON body, like "error_code" or "error.code"'),
+    equals: z.union([z.string(), z.number(), z.boolean()]),
+    until: timePattern.optional(),
+    timezone: timezone.default('UTC'),
+    pause: duration.default(60_000),
+  })
+  .transform((r) => ({ path: r.path.split('.'), equals: r.equals, until: r.until, timezone: r.timezone, pauseMs: r.pause }));
+
+/** Limits learned from the upstream's answers: its headers (on by default) and `body` rules. */
+const feedback = z
+  .strictObject({
+    headers: z.boolean().default(true),
+    maxPause: duration.refine((ms) => ms > 0, 'must be more than 0').default(3_600_000),
+    // Bodies up to this size may be held in memory until their end.
+    maxBodySize: size.refine((bytes) => bytes <= 1024 * 1024, 'must be at most 1mb').default(16 * 1024),
+    body: z.array(bodyRule).default([]),
+  });
+
 const upstream = z
   .strictObject({
     match: z
@@ -225,6 +275,7 @@ const upstream = z
       .default('reject'),
     mode: mode.default('enforce'),
     breaker: breaker.optional(),
+    feedback: feedback.prefault({}),
     retry: z
       .strictObject({
         on: z.array(z.number().int().min(100).max(599)).default([]),
@@ -305,3 +356,4 @@ export type LimitRuleConfig = UpstreamConfig['limits'][number];
 export type StoreConfig = Config['store'];
 export type CredentialsConfig = NonNullable<UpstreamConfig['credentials']>;
 export type BreakerConfig = NonNullable<UpstreamConfig['breaker']>;
+export type FeedbackConfig = UpstreamConfig['feedback'];

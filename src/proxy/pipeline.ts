@@ -1,7 +1,7 @@
 /**
  * One request's path through the gateway, in order:
  *
- *   intake → identify → route → breaker → admit → authorize → forward → learn → log
+ *   intake → identify → route → breaker → paused → admit → authorize → forward → learn → log
  *
  * Each stage is a small function that either returns what the next one needs or throws a
  * GatewayError (admit returns its refusal as a value, which becomes one here); refusals are
@@ -9,16 +9,18 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { CredentialProvider } from '../credentials/provider.js';
 import { GatewayError } from '../errors.js';
 import type { Admission, Limiter } from '../limits/admit.js';
+import { ResponseFeedback } from '../limits/learn.js';
 import { priorityRank, QueueAbortedError } from '../limits/queue.js';
 import type { Refusal } from '../limits/verdict.js';
 import { loggablePath, type Logger } from '../observability/logger.js';
 import type { Policy, UpstreamProfile } from '../policy.js';
 import type { Tenant } from '../tenants/identify.js';
 import type { Trial } from '../upstream/breaker.js';
-import { ClientGoneError, forward } from '../upstream/forward.js';
+import { ClientGoneError, forward, type ResponseListener } from '../upstream/forward.js';
 import { upstreamRequestHeaders } from '../upstream/headers.js';
 import { requestBody } from './body.js';
 import { intake, type TunnelOrigin } from './intake.js';
@@ -69,9 +71,13 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     credentials?.check();
     // breaker: an open one refuses here, before the limits are used; pool members it holds out are skipped.
     trial = upstream.breakers?.check(credentials?.outOfRotation?.());
-    const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record, trial);
-    const credential = await credentials?.next(admission.credential, trial?.refusing());
-    trial?.use(credential && credentials?.memberOf?.(credential));
+    const clientGone = clientGoneSignal(res);
+    // paused: the upstream (or every pool token) asked for a pause; wait it out within the queue time, or 429.
+    await pausedFor(upstream, trial, clientGone);
+    const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record, trial, clientGone);
+    const credential = await credentials?.next(admission.credential, union(trial?.refusing(), upstream.pauses.members()));
+    const member = credential && credentials?.memberOf?.(credential);
+    trial?.use(member);
     const body = requestBody(req, upstream.maxBodySize, upstream.name);
     // Every check passed: now the client may send the body it is holding back (server.ts).
     if (req.headers.expect?.toLowerCase() === '100-continue' && req.httpVersionMinor >= 1) res.writeContinue();
@@ -93,11 +99,12 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
         bodyTimeoutMs: upstream.bodyIdleTimeoutMs,
         responseHeaders: admission.headers,
         // learn: a 401 makes an OAuth2 token suspect, a 401/403 takes a pool token out of rotation,
-        // a 5xx counts against the circuit breaker.
-        onStatus: (status) => {
+        // a 5xx counts against the circuit breaker, and a pause the upstream asks for pauses the token
+        // (or the upstream) everywhere.
+        listener: learner(upstream, member, (status) => {
           trial?.answered(status);
           if (credential) credentials!.answered(credential, status);
-        },
+        }),
       },
       res,
     );
@@ -135,21 +142,11 @@ async function admit(
   path: string,
   record: RequestRecord,
   trial: Trial | undefined,
+  clientGone: () => AbortSignal,
 ): Promise<Admission> {
-  // Only a request that queues needs to hear that its client left; most never ask.
-  let gone: AbortController | undefined;
-  const clientGone = () => {
-    if (!gone) {
-      const controller = (gone = new AbortController());
-      if (res.closed) controller.abort();
-      else res.once('close', () => controller.abort());
-    }
-    return gone.signal;
-  };
   const rank = priorityRank(req.headers['x-sluice-priority']);
-  // Pool members out of the choice: cooling tokens, and those whose circuit breaker refuses.
-  const cooling = upstream.credentials?.outOfRotation?.bind(upstream.credentials);
-  const outOfRotation = trial ? () => union(cooling?.(), trial.refusing()) : cooling;
+  // Pool members out of the choice: cooling tokens, paused ones, and those whose circuit breaker refuses.
+  const outOfRotation = () => union(union(upstream.credentials?.outOfRotation?.(), upstream.pauses.members()), trial?.refusing());
   const verdict = await limiter.admit({ limits: upstream.limits, tenant, method: record.method, path, rank, outOfRotation, clientGone });
   if (!verdict.admitted) {
     record.limit = verdict.rule.name;
@@ -160,6 +157,48 @@ async function admit(
   if (res.closed) verdict.release();
   else res.once('close', verdict.release);
   return verdict;
+}
+
+/**
+ * A pause the upstream asked for (limits/pauses.ts): a paused upstream, or a pool whose every token
+ * is out with at least one paused, refuses with 429 upstream_paused and the time left; with
+ * onLimit: queue a pause that ends within the queue time is waited out here (then the request is
+ * admitted like any other, and may queue again there).
+ */
+async function pausedFor(upstream: UpstreamProfile, trial: Trial | undefined, clientGone: () => AbortSignal): Promise<void> {
+  const poolSize = upstream.poolSize;
+  const out = () => union(upstream.credentials?.outOfRotation?.(), trial?.refusing());
+  const waitMs = upstream.pauses.check(poolSize, out(), upstream.limits.onLimit?.queueMs ?? 0);
+  if (waitMs === 0) return;
+  await sleep(waitMs, undefined, { signal: clientGone() }).catch(() => {
+    throw new QueueAbortedError();
+  });
+  upstream.pauses.check(poolSize, out(), 0); // a pause that grew meanwhile refuses now
+}
+
+/** The learn stage's listener of the response: `answered` hears the status; pauses are learned from status, headers and body. */
+function learner(upstream: UpstreamProfile, member: number | undefined, answered: (status: number) => void): ResponseListener {
+  const feedback = new ResponseFeedback(upstream.feedback, upstream.pauses, member);
+  return {
+    started: (status, headers) => {
+      answered(status);
+      return feedback.started(status, headers);
+    },
+    ended: (body) => feedback.ended(body),
+  };
+}
+
+/** Only a request that waits needs to hear that its client left; most never ask. */
+function clientGoneSignal(res: ServerResponse): () => AbortSignal {
+  let gone: AbortController | undefined;
+  return () => {
+    if (!gone) {
+      const controller = (gone = new AbortController());
+      if (res.closed) controller.abort();
+      else res.once('close', () => controller.abort());
+    }
+    return gone.signal;
+  };
 }
 
 function refusalError(refusal: Refusal, upstream: UpstreamProfile, tenant: Tenant): GatewayError {

@@ -6,8 +6,14 @@
  * (backpressure both ways: the request body is read from the IncomingMessage as the upstream takes
  * it). Owning the writes also keeps undici from destroying the ServerResponse itself, so a failure
  * mid-body reaches us as what it is (a body timeout, a reset) rather than as a premature close.
+ *
+ * The learn stage listens to the response (ResponseListener): it sees the status and headers
+ * before the client does and may add headers; and it may read a small body. A body it reads is
+ * teed (collected up to its limit while streamed on) and handed over at the end; only one whose
+ * Content-Length fits the limit is held back until then, so that headers learned from it (and only
+ * such small bodies) still reach the client.
  */
-import type { ServerResponse } from 'node:http';
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { GatewayError } from '../errors.js';
@@ -25,8 +31,22 @@ export interface UpstreamRequest {
   bodyTimeoutMs: number;
   /** Headers of the gateway's own added to the response (RateLimit); they replace the upstream's of that name. */
   responseHeaders: Record<string, string>;
-  /** Told the upstream's status as soon as it arrives (the learn stage). */
-  onStatus?: ((status: number) => void) | undefined;
+  /** The learn stage: told the upstream's answer as soon as it arrives. */
+  listener?: ResponseListener | undefined;
+}
+
+/** What the learn stage wants of a response, once it has seen its status and headers. */
+export interface ResponseInterest {
+  /** Headers to add to the client's response (the gateway's own responseHeaders still win). */
+  headers?: Record<string, string> | undefined;
+  /** Read the body, up to this many bytes (a longer one is not read); undefined: not at all. */
+  readBodyUpTo?: number | undefined;
+}
+
+export interface ResponseListener {
+  started(status: number, headers: Record<string, string | string[] | undefined>): ResponseInterest;
+  /** The whole body, when it was read and fit; returns headers to add when it was held back (see above). */
+  ended(body: Buffer): Record<string, string> | undefined;
 }
 
 /** The client went away: the upstream request is abandoned and nobody is left to answer. */
@@ -62,6 +82,12 @@ export function forward(request: UpstreamRequest, res: ServerResponse): Promise<
 class ResponseRelay implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | undefined;
   private settled = false;
+  /** The body the listener reads, while it fits (undefined: not read, or too long). */
+  private body: Buffer[] | undefined;
+  private bodyBytes = 0;
+  private bodyLimit = 0;
+  /** The head held back until the body's end (a small body whose headers may still change). */
+  private held: { statusCode: number; headers: OutgoingHttpHeaders } | undefined;
 
   constructor(
     private readonly res: ServerResponse,
@@ -77,11 +103,20 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[]>): void {
     if (statusCode < 200) return; // 1xx informational: Node speaks for itself (100 Continue)
-    this.request.onStatus?.(statusCode);
-    this.res.writeHead(statusCode, { ...clientResponseHeaders(headers), ...this.request.responseHeaders });
+    const interest = this.request.listener?.started(statusCode, headers);
+    const head = { ...clientResponseHeaders(headers), ...interest?.headers, ...this.request.responseHeaders };
+    const limit = interest?.readBodyUpTo;
+    if (limit !== undefined) {
+      [this.body, this.bodyLimit] = [[], limit];
+      const length = Number(headers['content-length']);
+      if (Number.isInteger(length) && length <= limit) return void (this.held = { statusCode, headers: head });
+    }
+    this.res.writeHead(statusCode, head);
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.body) this.collect(chunk);
+    if (this.held) return; // at most bodyLimit bytes, sent at the end
     if (!this.res.write(chunk)) {
       controller.pause();
       this.res.once('drain', () => controller.resume());
@@ -89,8 +124,27 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(): void {
-    this.res.end();
+    const added = this.body ? this.request.listener?.ended(Buffer.concat(this.body)) : undefined;
+    if (this.held) {
+      this.res.writeHead(this.held.statusCode, { ...this.held.headers, ...added, ...this.request.responseHeaders });
+      this.res.end(Buffer.concat(this.body!));
+    } else {
+      this.res.end();
+    }
     this.settle();
+  }
+
+  /** Keeps a chunk for the listener; a body past the limit is not read, and a held head goes out with what came. */
+  private collect(chunk: Buffer): void {
+    this.bodyBytes += chunk.length;
+    if (this.bodyBytes <= this.bodyLimit) return void this.body!.push(chunk);
+    const held = this.held;
+    const early = this.body!;
+    this.body = this.held = undefined;
+    if (held) {
+      this.res.writeHead(held.statusCode, held.headers);
+      for (const piece of early) this.res.write(piece);
+    }
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {

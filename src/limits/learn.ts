@@ -1,0 +1,52 @@
+/**
+ * The learn stage's ear on one response (forward.ts ResponseListener): a pause the upstream asks
+ * for in its headers, or in a small JSON body by a `feedback.body` rule, pauses the request's scope
+ * (its pool token, else the upstream) through `Pauses`; and an upstream 429 reaches the client as
+ * it is, marked `X-Sluice-Upstream-Limited: true` and with a Retry-After (the upstream's, else the
+ * learned pause, else 1 s).
+ */
+import type { FeedbackConfig } from '../config/schema.js';
+import type { ResponseInterest, ResponseListener } from '../upstream/forward.js';
+import { pauseFromBody, pauseFromHeaders, type LearnedPause, type ResponseHeaders } from './feedback.js';
+import type { Pauses } from './pauses.js';
+
+const LIMITED = { 'x-sluice-upstream-limited': 'true' };
+
+export class ResponseFeedback implements ResponseListener {
+  constructor(
+    private readonly config: FeedbackConfig,
+    private readonly pauses: Pauses,
+    /** The pool token the request carried (undefined: no pool; a pause is the upstream's). */
+    private readonly member: number | undefined,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  started(status: number, headers: ResponseHeaders): ResponseInterest {
+    const learned = this.config.headers ? pauseFromHeaders(status, headers, this.clock(), this.config.maxPause) : undefined;
+    this.take(learned);
+    const readBody = this.config.body.length > 0 && isJson(headers['content-type']);
+    return {
+      headers: status === 429 ? { ...LIMITED, ...(headers['retry-after'] ? {} : { 'retry-after': seconds(learned?.pauseMs ?? 1000) }) } : undefined,
+      readBodyUpTo: readBody ? this.config.maxBodySize : undefined,
+    };
+  }
+
+  ended(body: Buffer): Record<string, string> | undefined {
+    const learned = pauseFromBody(this.config.body, body, this.clock(), this.config.maxPause);
+    this.take(learned);
+    return learned && LIMITED;
+  }
+
+  private take(learned: LearnedPause | undefined): void {
+    if (learned) this.pauses.pause(this.member, learned.pauseMs, learned.source);
+  }
+}
+
+function isJson(type: string | string[] | undefined): boolean {
+  const value = Array.isArray(type) ? type[0] : type;
+  return value !== undefined && /^\s*application\/([\w.+-]*\+)?json\s*(;|$)/i.test(value);
+}
+
+function seconds(ms: number): string {
+  return String(Math.max(1, Math.ceil(ms / 1000)));
+}

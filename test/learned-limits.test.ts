@@ -1,0 +1,330 @@
+/**
+ * Limits learned from the upstream's answers (`feedback:`), end to end against fake upstreams on
+ * 127.0.0.1: a 429 with Retry-After (seconds, HTTP-date), X-RateLimit-Remaining: 0 with a reset
+ * (delta, epoch), IETF RateLimit pause the upstream, and the gateway refuses with 429
+ * upstream_paused (the upstream sees nothing) or waits in the queue, then serves again; an upstream
+ * 429 reaches the client marked X-Sluice-Upstream-Limited with a Retry-After; a BaseLinker-style
+ * body error pauses that pool token until the time in it while the pool moves on; and over Redis a
+ * pause learned by one gateway is honoured by another.
+ */
+import { once } from 'node:events';
+import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startGateway, testConfig, type TestGateway } from './helpers/gateway.js';
+import { describeWithRedis, sharedRedis, type TestRedis } from './helpers/redis.js';
+import { until } from './helpers/wait.js';
+
+const KEY = { 'x-sluice-key': 'acme:acme-secret-key-1' };
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+  body: Record<string, unknown>;
+}
+
+async function get(gw: TestGateway, path: string): Promise<Answer> {
+  const res = await request(`${gw.proxyUrl}${path}`, { headers: KEY });
+  const text = await res.body.text();
+  let body: Record<string, unknown> = {};
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    // not JSON: the status says enough
+  }
+  return { status: res.statusCode, headers: res.headers, text, body };
+}
+
+type Reply = { status: number; headers?: OutgoingHttpHeaders; body?: string };
+
+/** A fake upstream whose answer each test scripts; it records the path and X-BLToken of each request. */
+interface ScriptedUpstream {
+  url: string;
+  seen: { path: string; token: string | undefined }[];
+  answer: (req: IncomingMessage) => Reply;
+  close(): Promise<void>;
+}
+
+async function startScripted(): Promise<ScriptedUpstream> {
+  const up: Partial<ScriptedUpstream> & { seen: ScriptedUpstream['seen'] } = { seen: [], answer: () => ({ status: 200 }) };
+  const server: Server = createServer((req, res) => {
+    const token = req.headers['x-bltoken'];
+    up.seen.push({ path: req.url ?? '', token: Array.isArray(token) ? token[0] : token });
+    req.resume();
+    const reply = up.answer!(req);
+    const body = reply.body ?? '{"ok":true}';
+    res.writeHead(reply.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...reply.headers });
+    res.end(body);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  up.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  up.close = async () => {
+    server.closeAllConnections();
+    server.close();
+    await once(server, 'close');
+  };
+  return up as ScriptedUpstream;
+}
+
+function upstreamConfig(name: string, target: string, extra = ''): string {
+  return `  ${name}:
+    match: { prefix: /${name} }
+    target: ${target}
+    allowPrivate: true
+${extra}`;
+}
+
+let up: ScriptedUpstream;
+let gateways: TestGateway[] = [];
+
+beforeAll(async () => {
+  up = await startScripted();
+});
+afterAll(async () => {
+  await up.close();
+});
+afterEach(async () => {
+  await Promise.all(gateways.map((g) => g.close()));
+  gateways = [];
+  up.seen.length = 0;
+  up.answer = () => ({ status: 200 });
+});
+
+async function start(yaml: string): Promise<TestGateway> {
+  const gw = await startGateway(yaml);
+  gateways.push(gw);
+  return gw;
+}
+
+/** Answers `first` to the first request on `path`, 200 after. */
+function once429(reply: Reply): (req: IncomingMessage) => Reply {
+  let sent = false;
+  return () => {
+    if (sent) return { status: 200 };
+    sent = true;
+    return reply;
+  };
+}
+
+describe('pauses learned from headers', () => {
+  it('a 429 with Retry-After: 2 passes through marked, then the gateway refuses without the upstream until the pause ends', async () => {
+    const gw = await start(testConfig(upstreamConfig('api', up.url)));
+    up.answer = once429({ status: 429, headers: { 'retry-after': '2' }, body: '{"error":"slow down"}' });
+    const limited = await get(gw, '/api/x');
+    const learnedAt = Date.now();
+    expect(limited.status).toBe(429);
+    expect(limited.text).toBe('{"error":"slow down"}');
+    expect(limited.headers['retry-after']).toBe('2');
+    expect(limited.headers['x-sluice-upstream-limited']).toBe('true');
+
+    const refused = await get(gw, '/api/x');
+    expect(refused.status).toBe(429);
+    expect(refused.body).toMatchObject({ error: 'upstream_paused', upstream: 'api' });
+    expect(refused.body.retryAfterMs).toBeGreaterThan(1_000);
+    expect(refused.body.retryAfterMs).toBeLessThanOrEqual(2_000);
+    expect(Number(refused.headers['retry-after'])).toBeLessThanOrEqual(2);
+    expect(refused.headers['x-sluice-upstream-limited']).toBeUndefined();
+    expect(up.seen.length).toBe(1);
+    expect(gw.logs.filter((l) => l.msg === 'the upstream asked for a pause; requests wait or are refused until then')).toEqual([
+      expect.objectContaining({ upstream: 'api', source: 'retry-after', pauseMs: 2_000 }),
+    ]);
+    const status = (await (await request(`${gw.adminUrl}/status`)).body.json()) as { pauses: Record<string, unknown> };
+    expect(status.pauses).toEqual({ api: { upstream: 2 } });
+
+    await sleep(Math.max(0, learnedAt + 2_100 - Date.now()));
+    expect((await get(gw, '/api/x')).status).toBe(200);
+    expect(up.seen.length).toBe(2);
+  });
+
+  it('learns Retry-After as an HTTP-date, X-RateLimit-Remaining: 0 with a delta or epoch reset, and IETF RateLimit', async () => {
+    const names = ['date', 'delta', 'epoch', 'ietf', 'ietf7', 'older'];
+    const gw = await start(testConfig(names.map((n) => upstreamConfig(n, up.url)).join('')));
+    const now = Date.now();
+    const replies: Record<string, Reply> = {
+      date: { status: 429, headers: { 'retry-after': new Date(now + 3_000).toUTCString() } },
+      delta: { status: 200, headers: { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': '3' } },
+      epoch: { status: 200, headers: { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': String(Math.ceil(now / 1000) + 3) } },
+      ietf: { status: 200, headers: { ratelimit: 'limit=10, remaining=0, reset=3' } },
+      ietf7: { status: 200, headers: { ratelimit: '"hourly";r=0;t=3' } },
+      older: { status: 200, headers: { 'ratelimit-remaining': '0', 'ratelimit-reset': '3' } },
+    };
+    up.answer = (req) => replies[(req.url ?? '').split('/')[1]!]!;
+    for (const name of names) {
+      const first = await get(gw, `/${name}/${name}`);
+      expect(first.status, name).toBe(replies[name]!.status);
+      const seen = up.seen.length;
+      const refused = await get(gw, `/${name}/${name}`);
+      expect(refused.body, name).toMatchObject({ error: 'upstream_paused', upstream: name });
+      expect(refused.body.retryAfterMs, name).toBeGreaterThan(500);
+      expect(refused.body.retryAfterMs, name).toBeLessThanOrEqual(4_000);
+      expect(up.seen.length, name).toBe(seen);
+    }
+    // The 200 that carried the signal went through unmarked; only a 429 is "upstream limited".
+    up.answer = () => ({ status: 200 });
+  });
+
+  it("a 429 without Retry-After gets the gateway's estimate (1 s) and pauses nothing", async () => {
+    const gw = await start(testConfig(upstreamConfig('api', up.url)));
+    up.answer = once429({ status: 429 });
+    const limited = await get(gw, '/api/x');
+    expect(limited.status).toBe(429);
+    expect(limited.headers['retry-after']).toBe('1');
+    expect(limited.headers['x-sluice-upstream-limited']).toBe('true');
+    expect((await get(gw, '/api/x')).status).toBe(200);
+  });
+
+  it('with onLimit: queue a request waits a pause out that ends within the queue time', async () => {
+    const gw = await start(
+      testConfig(upstreamConfig('q', up.url, '    onLimit: { queue: 3s }\n') + upstreamConfig('short', up.url, '    onLimit: { queue: 200ms }\n')),
+    );
+    up.answer = (req) => (req.url === '/first' ? { status: 429, headers: { 'retry-after': '1' } } : { status: 200 });
+    expect((await get(gw, '/q/first')).status).toBe(429);
+    const startedAt = Date.now();
+    expect((await get(gw, '/q/then')).status).toBe(200);
+    expect(Date.now() - startedAt).toBeGreaterThan(700);
+
+    expect((await get(gw, '/short/first')).status).toBe(429);
+    expect((await get(gw, '/short/then')).body.error).toBe('upstream_paused');
+  });
+
+  it('feedback.headers: false learns nothing', async () => {
+    const gw = await start(testConfig(upstreamConfig('api', up.url, '    feedback: { headers: false }\n')));
+    up.answer = once429({ status: 429, headers: { 'retry-after': '30' } });
+    expect((await get(gw, '/api/x')).headers['x-sluice-upstream-limited']).toBe('true');
+    expect((await get(gw, '/api/x')).status).toBe(200);
+  });
+});
+
+/** "YYYY-MM-DD HH:MM:SS" in a time zone, as BaseLinker writes it. */
+function wallClock(ms: number, timeZone: string): string {
+  return new Intl.DateTimeFormat('sv-SE', { timeZone, dateStyle: 'short', timeStyle: 'medium' }).format(ms);
+}
+
+const BASELINKER_RULE = `    feedback:
+      body:
+        - path: error_code
+          equals: ERROR_BLOCKED_TOKEN
+          until: "blocked until (?<until>\\\\d{4}-\\\\d\\\\d-\\\\d\\\\d \\\\d\\\\d:\\\\d\\\\d:\\\\d\\\\d)"
+          timezone: Europe/Warsaw
+`;
+
+describe('feedback.body rules', () => {
+  it('a BaseLinker blocked token is paused until the time in the body while the pool moves on; the client gets the 200 body', async () => {
+    const gw = await start(
+      testConfig(upstreamConfig('bl', up.url, '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111, tok-b-2222] }\n' + BASELINKER_RULE)),
+    );
+    const blockedUntil = Date.now() + 3_000;
+    const blocked = JSON.stringify({
+      status: 'ERROR',
+      error_code: 'ERROR_BLOCKED_TOKEN',
+      error_message: `Query limit exceeded, token blocked until ${wallClock(blockedUntil, 'Europe/Warsaw')}`,
+    });
+    let sentBlock = false;
+    up.answer = (req) => {
+      if (req.headers['x-bltoken'] === 'tok-a-1111' && !sentBlock) {
+        sentBlock = true;
+        return { status: 200, body: blocked };
+      }
+      return { status: 200 };
+    };
+    // Tokens in turn: the first request goes with A.
+    const answer = await get(gw, '/bl/getOrders');
+    expect(answer.status).toBe(200);
+    expect(answer.text).toBe(blocked);
+    expect(answer.headers['x-sluice-upstream-limited']).toBe('true');
+    expect(up.seen[0]!.token).toBe('tok-a-1111');
+    const pausedLog = gw.logs.find((l) => l.msg === 'the upstream paused a pool token; the pool carries on with the others');
+    expect(pausedLog).toMatchObject({ upstream: 'bl', credential: 0, source: 'body' });
+    expect(pausedLog!.pauseMs).toBeGreaterThan(1_500);
+    expect(pausedLog!.pauseMs).toBeLessThanOrEqual(3_000);
+    expect(gw.rawLogs.join('\n')).not.toContain('tok-a-1111');
+
+    for (let i = 0; i < 4; i++) expect((await get(gw, '/bl/getOrders')).headers['x-sluice-upstream-limited']).toBeUndefined();
+    expect(up.seen.slice(1).map((s) => s.token)).toEqual(Array(4).fill('tok-b-2222'));
+
+    await sleep(Math.max(0, blockedUntil + 100 - Date.now()));
+    for (let i = 0; i < 2; i++) await get(gw, '/bl/getOrders');
+    expect(up.seen.slice(5).map((s) => s.token)).toContain('tok-a-1111');
+  });
+
+  it('with every token paused, 429 upstream_paused; bodies too large, not JSON or not matching pass untouched', async () => {
+    const gw = await start(
+      testConfig(
+        upstreamConfig(
+          'bl',
+          up.url,
+          '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111] }\n' + BASELINKER_RULE.replace('body:', 'maxBodySize: 1kb\n      body:'),
+        ),
+      ),
+    );
+    const rule = { status: 'ERROR', error_code: 'ERROR_BLOCKED_TOKEN', error_message: 'no time here' };
+    const big = JSON.stringify({ ...rule, padding: 'x'.repeat(2_000) });
+    const replies: Record<string, Reply> = {
+      '/big': { status: 200, body: big },
+      '/text': { status: 200, headers: { 'content-type': 'text/plain' }, body: JSON.stringify(rule) },
+      '/other': { status: 200, body: JSON.stringify({ ...rule, error_code: 'ERROR_OTHER' }) },
+      '/broken': { status: 200, body: '{"error_code": "ERROR_BLOCKED_TOKEN", ' },
+      '/match': { status: 200, body: JSON.stringify(rule) },
+    };
+    up.answer = (req) => replies[req.url ?? '']!;
+    for (const path of ['/big', '/text', '/other', '/broken']) {
+      const answer = await get(gw, `/bl${path}`);
+      expect(answer.text, path).toBe(replies[path]!.body);
+      expect(answer.headers['x-sluice-upstream-limited'], path).toBeUndefined();
+    }
+    expect((await get(gw, '/bl/match')).headers['x-sluice-upstream-limited']).toBe('true');
+    // No time in the body: the rule's pause (60s).
+    const refused = await get(gw, '/bl/match');
+    expect(refused.body).toMatchObject({ error: 'upstream_paused', upstream: 'bl' });
+    expect(refused.body.retryAfterMs).toBeGreaterThan(55_000);
+    expect(refused.headers['retry-after']).toBe('60');
+  });
+});
+
+await describeWithRedis('learned pauses across instances (Redis)', () => {
+  let redis: TestRedis;
+  beforeAll(async () => {
+    redis = await sharedRedis();
+  });
+  afterAll(async () => {
+    await redis.cleanup();
+  });
+
+  it('a pause learned by one gateway is honoured by the other within about a second', async () => {
+    const yaml = testConfig(upstreamConfig('api', up.url), `store: { type: redis, url: "${redis.url}", prefix: ${redis.prefix} }`);
+    const one = await start(yaml);
+    const two = await start(yaml);
+    up.answer = once429({ status: 429, headers: { 'retry-after': '4' } });
+    const learnedAt = Date.now();
+    expect((await get(one, '/api/x')).status).toBe(429);
+    expect((await get(one, '/api/x')).body.error).toBe('upstream_paused');
+
+    await until(async () => (await get(two, '/api/x')).body.error === 'upstream_paused', 1_500);
+    expect(Date.now() - learnedAt).toBeLessThan(2_000);
+    const seen = up.seen.length;
+    const refused = await get(two, '/api/x');
+    expect(refused.body.retryAfterMs).toBeGreaterThan(1_000);
+    expect(refused.body.retryAfterMs).toBeLessThanOrEqual(4_000);
+    expect(up.seen.length).toBe(seen);
+  });
+
+  it('a pool token paused by a body rule on one gateway is skipped by the other', async () => {
+    const yaml = testConfig(
+      upstreamConfig('bl', up.url, '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111, tok-b-2222] }\n' + BASELINKER_RULE),
+      `store: { type: redis, url: "${redis.url}", prefix: ${redis.prefix} }`,
+    );
+    const one = await start(yaml);
+    const two = await start(yaml);
+    const blocked = JSON.stringify({ error_code: 'ERROR_BLOCKED_TOKEN', error_message: `token blocked until ${wallClock(Date.now() + 10_000, 'Europe/Warsaw')}` });
+    up.answer = (req) => (req.headers['x-bltoken'] === 'tok-a-1111' ? { status: 200, body: blocked } : { status: 200 });
+    expect((await get(one, '/bl/x')).headers['x-sluice-upstream-limited']).toBe('true');
+    await sleep(1_300);
+    up.seen.length = 0;
+    for (let i = 0; i < 4; i++) await get(two, '/bl/x');
+    expect(up.seen.map((s) => s.token)).toEqual(Array(4).fill('tok-b-2222'));
+  });
+});
