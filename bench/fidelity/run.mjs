@@ -8,6 +8,9 @@
 //      how often a refused request is admitted when retried after exactly its retryAfterMs.
 //      Then the OAuth2 token scenario (`token`): token.mjs as a child process (it also runs alone),
 //      3 instances sharing a token through Redis under 401 storms, on a clock scaled 1:60.
+//      Then the learned-limit scenario (`learned`): learned.mjs as a child process (it also runs
+//      alone), an upstream whose real limit is lower than configured and answers 429 with
+//      Retry-After, through gateways with and without `feedback.headers`.
 //   2. Decision cost: decide.mjs, decisions per second straight against the store classes.
 //   3. Throughput: bench/overhead with limits off vs generous limits on (memory, Redis), wrk.
 //
@@ -15,6 +18,7 @@
 // for parts 2 and 3), FIDELITY_ONLY (comma list of scenario keys), FIDELITY_PARTS
 // (scenarios,decide,overhead), FIDELITY_WRK_SECONDS (5), FIDELITY_WRK_CONNECTIONS ("1,50"),
 // FIDELITY_TOKEN_SECONDS (60, the token scenario; its other settings: token.mjs),
+// FIDELITY_LEARNED_SECONDS (24, the learned-limit scenario, per run; its other settings: learned.mjs),
 // FIDELITY_REDIS_URL (redis://127.0.0.1:6379), FIDELITY_KEEP_TMP=1 (keep configs and gateway logs).
 import { fork, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -44,6 +48,7 @@ const PARTS = new Set((env.FIDELITY_PARTS ?? 'scenarios,decide,overhead').split(
 const WRK_SECONDS = int(env.FIDELITY_WRK_SECONDS, 5);
 const WRK_CONNECTIONS = env.FIDELITY_WRK_CONNECTIONS ?? '1,50';
 const TOKEN_SECONDS = int(env.FIDELITY_TOKEN_SECONDS, 60, 20);
+const LEARNED_SECONDS = int(env.FIDELITY_LEARNED_SECONDS, 24, 6);
 const BASE_PREFIX = `sluice-fidelity-${process.pid}-${randomBytes(3).toString('hex')}`;
 const INSTANCES_ON_REDIS = 3;
 const HOUR = 3_600_000;
@@ -572,6 +577,19 @@ async function tokenScenario() {
   return JSON.parse(readFileSync(jsonFile, 'utf8'));
 }
 
+/** The learned-limit scenario: learned.mjs prints its own lines (header included) and leaves its figures in a file. */
+async function learnedScenario() {
+  const jsonFile = join(work, 'learned.json');
+  await runChild(
+    'learned',
+    process.execPath,
+    [join(HERE, 'learned.mjs')],
+    { FIDELITY_LEARNED_JSON: jsonFile, FIDELITY_LEARNED_SECONDS: String(LEARNED_SECONDS), FIDELITY_REDIS_URL: REDIS_URL },
+    (line) => console.log(line),
+  );
+  return JSON.parse(readFileSync(jsonFile, 'utf8'));
+}
+
 async function decisionCost() {
   const [cmd, args] = PIN ? ['taskset', ['-c', '1', process.execPath, join(HERE, 'decide.mjs')]] : [process.execPath, [join(HERE, 'decide.mjs')]];
   const out = await runChild('decide', cmd, args, { FIDELITY_ROUNDS: String(ROUNDS), FIDELITY_REDIS_URL: REDIS_URL }, (line) => {
@@ -620,12 +638,14 @@ async function main() {
       `  upstream  bench/fidelity/upstream.mjs in its own process, recording each arrival; clients (undici) in this process, round robin over the instances, a retry to the next instance`,
       `  scenarios ${seconds} s each (quota 3 s), shares measured after ${SETTLE_MS} ms; not pinned (3 gateways, Redis, upstream and clients share the cores)`,
       `  token     bench/fidelity/token.mjs: OAuth2 refresh on ${INSTANCES_ON_REDIS} instances sharing Redis, 401 storms, ${TOKEN_SECONDS} s on a clock scaled 1:60`,
+      `  learned   bench/fidelity/learned.mjs: an upstream limited below the configured rate, 429 + Retry-After; feedback on vs off, ${LEARNED_SECONDS} s per run`,
       '',
     ].join('\n'),
   );
 
   const scenarioResults = [];
   let token;
+  let learned;
   if (PARTS.has('scenarios')) {
     const chosen = SCENARIOS.filter((s) => !ONLY || ONLY.has(s.key));
     if (chosen.length) await startUpstream();
@@ -641,6 +661,10 @@ async function main() {
     if (chosen.length) await stopChild(upstream.child);
     if (!ONLY || ONLY.has('token')) {
       token = await tokenScenario();
+      console.log('');
+    }
+    if (!ONLY || ONLY.has('learned')) {
+      learned = await learnedScenario();
       console.log('');
     }
   }
@@ -721,6 +745,34 @@ async function main() {
       [`OAuth2 token-endpoint calls, ${t.instances} instances`, `≤ ${max} per ${per} s, ≥ ${every} s apart (−${t.toleranceMs} ms)`, t.budgetOk ? 'met' : `missed: ${t.overBudget} over the window, ${t.underEvery} too close`],
       ['requests that waited on a refresh outside 401 storms', '0', t.waitOk ? 'met' : `missed: ${t.outside.waited}`],
     );
+  }
+  if (learned) {
+    const l = learned;
+    out.push(
+      `**Limits learned from the upstream** (learned.mjs: the upstream allows ${l.real.count} per ${l.real.windowMs / 1000} s fixed window (${l.realRps}/s) and answers 429 with Retry-After; the gateway's rule says ${l.configuredRps}/s; ${l.clients} open-loop clients at ${l.rps}/s together, a 429 is a failure and the client goes on; ${l.seconds} s per run, ${l.rounds} round${l.rounds === 1 ? '' : 's'}; a pause = an upstream window that had a 429, extra = its 429s after the first)`,
+      '',
+      table(
+        ['store', 'feedback', 'upstream requests /s', 'accepted /s (real limit)', 'upstream 429s', 'extra 429s per pause, median / max', 'pauses learned', 'client success'],
+        l.combined.map((c) => [
+          c.storeLabel,
+          c.variant === 'feedback' ? 'headers: true' : 'headers: false',
+          f1(c.upstreamRps),
+          `${f1(c.upstreamOkRps)} (${l.realRps})`,
+          String(c.upstream429),
+          `${f1(c.extrasMedian)} / ${c.extrasMax}`,
+          String(c.pauses),
+          pct(c.success),
+        ]),
+      ),
+      '',
+    );
+    for (const c of l.combined.filter((x) => x.variant === 'feedback')) {
+      checks.push([
+        `extra upstream 429s per pause with feedback, ${c.storeLabel}`,
+        `median ≤ ${l.aim.median}, max ≤ ${l.aim.max}`,
+        c.aimMet ? `met (${f1(c.extrasMedian)} / ${c.extrasMax})` : `missed: ${f1(c.extrasMedian)} / ${c.extrasMax}`,
+      ]);
+    }
   }
   if (checks.length) out.push(table(['check', 'aim', 'result'], checks), '');
   if (decide) {
