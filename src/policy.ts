@@ -16,6 +16,7 @@ import { Router } from './routing/router.js';
 import { TenantDirectory } from './tenants/identify.js';
 import type { BreakerRegistry, BreakerSet } from './upstream/breaker.js';
 import type { PoolRegistry } from './upstream/pools.js';
+import { RetryPolicy } from './upstream/retry.js';
 
 export interface UpstreamProfile {
   readonly name: string;
@@ -47,6 +48,8 @@ export interface UpstreamProfile {
   readonly pauses: Pauses;
   /** The number of tokens of a `pool` (undefined: no pool). */
   readonly poolSize: number | undefined;
+  /** Retries (`retry:`); undefined without them. */
+  readonly retry: RetryPolicy | undefined;
 }
 
 /** What outlives a policy: connection pools, credential providers, breakers, learned pauses. */
@@ -198,6 +201,7 @@ function upstreamProfile(
     feedback: up.feedback,
     pauses: pauses.acquire(name),
     poolSize: up.credentials?.type === 'pool' ? up.credentials.tokens.length : undefined,
+    retry: up.retry && new RetryPolicy(up.retry),
   };
 }
 

@@ -99,11 +99,6 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   }
   if (problems.length > 0 || !parsed.success) throw new ConfigError(problems.sort(byLine));
 
-  for (const name of Object.keys(parsed.data.upstreams)) {
-    if (doc.hasIn(['upstreams', name, 'retry'])) {
-      warnings.push(at(['upstreams', name], 'retry: validated, but not enforced by this version of the gateway'));
-    }
-  }
   const version = createHash('sha256').update(text);
   for (const pem of upstreamCa.values()) version.update(pem);
   return {

@@ -254,6 +254,38 @@ const feedback = z
     body: z.array(bodyRule).default([]),
   });
 
+/** Statuses a retry may follow: an upstream's answer, never a gateway-made one or a 1xx/2xx. */
+const retryStatus = z.number().int().min(400, 'must be a 4xx or 5xx status').max(599, 'must be a 4xx or 5xx status');
+
+/**
+ * Retries (upstream/retry.ts): which answers are retried (`on` for idempotent or keyed requests,
+ * `unprocessed` for any method), how often, how long apart, within which time and which budget.
+ */
+const retry = z
+  .strictObject({
+    on: z.array(retryStatus).default([]),
+    /** Retries after the first attempt (the reference shape's `attempts: 2` is three requests at most). */
+    attempts: z.number().int().min(0).max(10, 'must be at most 10').default(2),
+    methods: methodList.default(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']),
+    unprocessed: z.array(retryStatus).default([]),
+    idempotencyKey: z.enum(['keep', 'generate']).default('keep'),
+    backoff: z
+      .strictObject({ base: duration.default(100), max: duration.default(2_000) })
+      .prefault({})
+      .refine((b) => b.base > 0, { message: 'must be more than 0', path: ['base'] })
+      .refine((b) => b.max >= b.base, { message: 'must not be shorter than base', path: ['max'] }),
+    budget: z
+      .strictObject({
+        ratio: z.number().gt(0, 'must be more than 0').max(1, 'must be at most 1').default(0.2),
+        window: duration.refine((ms) => ms >= 1_000, 'must be at least 1s').default(10_000),
+        minPerSecond: z.number().min(0).default(1),
+      })
+      .prefault({}),
+    within: duration.refine((ms) => ms > 0, 'must be more than 0').default(10_000),
+    // Bodies up to this size are kept in memory to be sent again.
+    maxBodySize: size.refine((bytes) => bytes <= 1024 * 1024, 'must be at most 1mb').default(64 * 1024),
+  });
+
 const upstream = z
   .strictObject({
     match: z
@@ -276,13 +308,7 @@ const upstream = z
     mode: mode.default('enforce'),
     breaker: breaker.optional(),
     feedback: feedback.prefault({}),
-    retry: z
-      .strictObject({
-        on: z.array(z.number().int().min(100).max(599)).default([]),
-        attempts: z.number().int().min(0).default(0),
-        methods: methodList.optional(),
-      })
-      .optional(),
+    retry: retry.optional(),
     timeouts: z
       .strictObject({
         connect: duration.default(5_000),
@@ -357,3 +383,4 @@ export type StoreConfig = Config['store'];
 export type CredentialsConfig = NonNullable<UpstreamConfig['credentials']>;
 export type BreakerConfig = NonNullable<UpstreamConfig['breaker']>;
 export type FeedbackConfig = UpstreamConfig['feedback'];
+export type RetryConfig = NonNullable<UpstreamConfig['retry']>;

@@ -9,7 +9,7 @@
  * read the answer (or a 502).
  */
 import type { IncomingMessage } from 'node:http';
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { GatewayError } from '../errors.js';
 
 export function requestBody(req: IncomingMessage, maxBytes: number, upstream: string): Readable | null {
@@ -38,4 +38,30 @@ function tooLarge(maxBytes: number, upstream: string): GatewayError {
     upstream,
     headers: { connection: 'close' },
   });
+}
+
+/**
+ * A body kept to be sent again (a retry): read whole into memory when it ends within `maxBytes`;
+ * a longer one goes on streaming (what was read first, then the rest) and `kept` is false. Bodies
+ * that may be kept are small, so reading one whole before sending it costs little.
+ */
+export async function keepBody(body: Readable, maxBytes: number): Promise<{ body: Buffer | Readable; kept: boolean }> {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  const source = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  for (let next = await source.next(); !next.done; next = await source.next()) {
+    chunks.push(next.value);
+    length += next.value.length;
+    if (length > maxBytes) return { body: Readable.from(replayThenRest(chunks, source), { objectMode: false }), kept: false };
+  }
+  return { body: Buffer.concat(chunks, length), kept: true };
+}
+
+async function* replayThenRest(read: Buffer[], rest: AsyncIterator<Buffer>): AsyncGenerator<Buffer> {
+  try {
+    yield* read;
+    for (let next = await rest.next(); !next.done; next = await rest.next()) yield next.value;
+  } finally {
+    await rest.return?.(); // undici stopped reading (an early answer): the counted stream is done with too
+  }
 }

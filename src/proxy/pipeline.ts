@@ -2,6 +2,8 @@
  * One request's path through the gateway, in order:
  *
  *   intake → identify → route → breaker → paused → admit → authorize → forward → learn → log
+ *                                   ▲                                         │
+ *                                   └──────── retry (upstream/retry.ts) ◄─────┘
  *
  * Each stage is a small function that either returns what the next one needs or throws a
  * GatewayError (admit returns its refusal as a value, which becomes one here); refusals are
@@ -13,16 +15,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { CredentialProvider } from '../credentials/provider.js';
 import { GatewayError } from '../errors.js';
 import type { Admission, Limiter } from '../limits/admit.js';
-import { ResponseFeedback } from '../limits/learn.js';
 import { priorityRank, QueueAbortedError } from '../limits/queue.js';
 import type { Refusal } from '../limits/verdict.js';
 import { loggablePath, type Logger } from '../observability/logger.js';
 import type { Policy, UpstreamProfile } from '../policy.js';
 import type { Tenant } from '../tenants/identify.js';
 import type { Trial } from '../upstream/breaker.js';
-import { ClientGoneError, forward, type ResponseListener } from '../upstream/forward.js';
-import { upstreamRequestHeaders } from '../upstream/headers.js';
-import { requestBody } from './body.js';
+import { ClientGoneError, type UpstreamRequest } from '../upstream/forward.js';
+import type { RetryRun } from '../upstream/retry.js';
+import { firstBody, sendAttempt } from './attempt.js';
 import { intake, type TunnelOrigin } from './intake.js';
 import { asGatewayError, respondWithError } from './respond.js';
 
@@ -48,8 +49,10 @@ interface RequestRecord {
   queuedMs?: number;
   /** The client left before its response was complete. */
   clientGone: boolean;
-  /** When the request was sent upstream; upstream time runs from here to the end of the response. */
+  /** When the request was first sent upstream; upstream time runs from here to the end of the response (retries included). */
   sentAt?: number;
+  /** The request's retries (attempts, and the outcomes retried). */
+  retries?: RetryRun | undefined;
 }
 
 /** `tunnel`: the request came inside an intercepted CONNECT tunnel, which established its host and tenant. */
@@ -69,45 +72,35 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     record.upstream = upstream.name;
     const credentials = credentialsOf(upstream);
     credentials?.check();
-    // breaker: an open one refuses here, before the limits are used; pool members it holds out are skipped.
-    trial = upstream.breakers?.check(credentials?.outOfRotation?.());
     const clientGone = clientGoneSignal(res);
-    // paused: the upstream (or every pool token) asked for a pause; wait it out within the queue time, or 429.
-    await pausedFor(upstream, trial, clientGone);
-    const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record, trial, clientGone);
-    const credential = await credentials?.next(admission.credential, union(trial?.refusing(), upstream.pauses.members()));
-    const member = credential && credentials?.memberOf?.(credential);
-    trial?.use(member);
-    const body = requestBody(req, upstream.maxBodySize, upstream.name);
-    // Every check passed: now the client may send the body it is holding back (server.ts).
-    if (req.headers.expect?.toLowerCase() === '100-continue' && req.httpVersionMinor >= 1) res.writeContinue();
-
-    record.sentAt = performance.now();
-    await forward(
-      {
-        upstream: upstream.name,
-        dispatcher: upstream.dispatcher,
-        method: record.method,
-        path,
-        headers: upstreamRequestHeaders(req.rawHeaders, req.headers, {
-          host: upstream.hostHeader,
-          clientIp: req.socket.remoteAddress,
-          credential,
-        }),
-        body,
-        headersTimeoutMs: upstream.headersTimeoutMs,
-        bodyTimeoutMs: upstream.bodyIdleTimeoutMs,
-        responseHeaders: admission.headers,
-        // learn: a 401 makes an OAuth2 token suspect, a 401/403 takes a pool token out of rotation,
-        // a 5xx counts against the circuit breaker, and a pause the upstream asks for pauses the token
-        // (or the upstream) everywhere.
-        listener: learner(upstream, member, (status) => {
-          trial?.answered(status);
-          if (credential) credentials!.answered(credential, status);
-        }),
-      },
-      res,
-    );
+    let retries: RetryRun | undefined;
+    let body: UpstreamRequest['body'] | undefined; // read on the first attempt, kept for retries when small
+    // Each attempt, retries included, passes the breaker, the pause and the limits like a new request.
+    for (;;) {
+      // breaker: an open one refuses here, before the limits are used; pool members it holds out are skipped.
+      trial = upstream.breakers?.check(credentials?.outOfRotation?.());
+      // paused: the upstream (or every pool token) asked for a pause; wait it out within the queue time, or 429.
+      // A retry waits out a pause that ends within its time left (the upstream's Retry-After made it).
+      await pausedFor(upstream, trial, clientGone, Math.max(upstream.limits.onLimit?.queueMs ?? 0, retries?.leftMs() ?? 0));
+      const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record, trial, clientGone);
+      const credential = await credentials?.next(admission.credential, union(trial?.refusing(), upstream.pauses.members()));
+      const member = credential && credentials?.memberOf?.(credential);
+      trial?.use(member);
+      if (body === undefined) {
+        // The first attempt to go upstream counts in the retry budget's requests.
+        retries = record.retries = upstream.retry?.begin(record.method, req.headers, startedAt);
+        body = await firstBody(req, res, upstream, retries, ctx.logger);
+      }
+      record.sentAt ??= performance.now();
+      // forward → learn; or, for an answer or failure worth another attempt, the wait before it.
+      const waitMs = await sendAttempt({ req, res, upstream, path, body, credentials, credential, member, trial, responseHeaders: admission.headers, retries });
+      if (waitMs === undefined) break;
+      // The attempt is over: its breaker trial and its admission end before the wait, not after it.
+      trial?.end();
+      admission.release();
+      res.off('close', admission.release);
+      await waitUnlessGone(waitMs, clientGone);
+    }
   } catch (err) {
     trial?.failed(err); // a connection failure or timeout counts against the breaker
     if (err instanceof ClientGoneError || err instanceof QueueAbortedError || req.socket.destroyed) {
@@ -163,29 +156,23 @@ async function admit(
  * A pause the upstream asked for (limits/pauses.ts): a paused upstream, or a pool whose every token
  * is out with at least one paused, refuses with 429 upstream_paused and the time left; with
  * onLimit: queue a pause that ends within the queue time is waited out here (then the request is
- * admitted like any other, and may queue again there).
+ * admitted like any other, and may queue again there); so is, for a retry, one that ends within
+ * the time left for retries.
  */
-async function pausedFor(upstream: UpstreamProfile, trial: Trial | undefined, clientGone: () => AbortSignal): Promise<void> {
+async function pausedFor(upstream: UpstreamProfile, trial: Trial | undefined, clientGone: () => AbortSignal, waitUpToMs: number): Promise<void> {
   const poolSize = upstream.poolSize;
   const out = () => union(upstream.credentials?.outOfRotation?.(), trial?.refusing());
-  const waitMs = upstream.pauses.check(poolSize, out(), upstream.limits.onLimit?.queueMs ?? 0);
+  const waitMs = upstream.pauses.check(poolSize, out(), waitUpToMs);
   if (waitMs === 0) return;
-  await sleep(waitMs, undefined, { signal: clientGone() }).catch(() => {
-    throw new QueueAbortedError();
-  });
+  await waitUnlessGone(waitMs, clientGone);
   upstream.pauses.check(poolSize, out(), 0); // a pause that grew meanwhile refuses now
 }
 
-/** The learn stage's listener of the response: `answered` hears the status; pauses are learned from status, headers and body. */
-function learner(upstream: UpstreamProfile, member: number | undefined, answered: (status: number) => void): ResponseListener {
-  const feedback = new ResponseFeedback(upstream.feedback, upstream.pauses, member);
-  return {
-    started: (status, headers) => {
-      answered(status);
-      return feedback.started(status, headers);
-    },
-    ended: (body) => feedback.ended(body),
-  };
+/** Waits, unless the client leaves first (then the request ends as abandoned). */
+async function waitUnlessGone(ms: number, clientGone: () => AbortSignal): Promise<void> {
+  await sleep(ms, undefined, { signal: clientGone() }).catch(() => {
+    throw new QueueAbortedError();
+  });
 }
 
 /** Only a request that waits needs to hear that its client left; most never ask. */
@@ -249,6 +236,8 @@ function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, 
       limit: record.limit,
       shadowLimited: record.shadowLimited,
       queuedMs: record.queuedMs,
+      attempts: record.retries && record.retries.attempts > 1 ? record.retries.attempts : undefined,
+      retried: record.retries?.retried.length ? record.retries.retried : undefined,
       upstreamMs: upstreamMs === undefined ? undefined : round(upstreamMs),
       gatewayMs: round(now - startedAt - (upstreamMs ?? 0)),
     },

@@ -12,6 +12,10 @@
  * teed (collected up to its limit while streamed on) and handed over at the end; only one whose
  * Content-Length fits the limit is held back until then, so that headers learned from it (and only
  * such small bodies) still reach the client.
+ *
+ * The retry stage speaks first (`intercept`): an answer it takes for another attempt is never
+ * written to the client (the learn stage still hears it), its body is dropped, and forward()
+ * resolves to it. Once the head went out, the answer is the client's whatever follows.
  */
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
@@ -26,13 +30,24 @@ export interface UpstreamRequest {
   method: string;
   path: string;
   headers: string[];
-  body: Readable | null;
+  /** A stream, or a body kept in memory to be sent again by a retry. */
+  body: Readable | Buffer | null;
   headersTimeoutMs: number;
   bodyTimeoutMs: number;
   /** Headers of the gateway's own added to the response (RateLimit); they replace the upstream's of that name. */
   responseHeaders: Record<string, string>;
   /** The learn stage: told the upstream's answer as soon as it arrives. */
   listener?: ResponseListener | undefined;
+  /**
+   * Asked first, before anything of the answer goes to the client: true takes the answer away from
+   * the client (a retry follows); its body is read and dropped, and forward() resolves to it.
+   */
+  intercept?: ((status: number, headers: Record<string, string | string[]>) => boolean) | undefined;
+}
+
+/** An answer intercepted for a retry: the client got none of it. */
+export interface Intercepted {
+  status: number;
 }
 
 /** What the learn stage wants of a response, once it has seen its status and headers. */
@@ -58,11 +73,12 @@ export class ClientGoneError extends Error {
 }
 
 /**
- * Resolves when the whole response has been handed to the client. Rejects with a GatewayError
- * for upstream failures, or a ClientGoneError when the client left first.
+ * Resolves when the whole response has been handed to the client (undefined), or when an
+ * intercepted answer is done with. Rejects with a GatewayError for upstream failures, or a
+ * ClientGoneError when the client left first.
  */
-export function forward(request: UpstreamRequest, res: ServerResponse): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
+export function forward(request: UpstreamRequest, res: ServerResponse): Promise<Intercepted | undefined> {
+  return new Promise<Intercepted | undefined>((resolve, reject) => {
     const relay = new ResponseRelay(res, request, resolve, reject);
     res.once('close', relay.onClientClose);
     request.dispatcher.dispatch(
@@ -88,11 +104,14 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   private bodyLimit = 0;
   /** The head held back until the body's end (a small body whose headers may still change). */
   private held: { statusCode: number; headers: OutgoingHttpHeaders } | undefined;
+  /** An answer taken away from the client for a retry, and the bytes of its body dropped so far. */
+  private intercepted: Intercepted | undefined;
+  private dropped = 0;
 
   constructor(
     private readonly res: ServerResponse,
     private readonly request: UpstreamRequest,
-    private readonly resolve: () => void,
+    private readonly resolve: (intercepted: Intercepted | undefined) => void,
     private readonly reject: (err: Error) => void,
   ) {}
 
@@ -103,6 +122,11 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[]>): void {
     if (statusCode < 200) return; // 1xx informational: Node speaks for itself (100 Continue)
+    if (this.request.intercept?.(statusCode, headers)) {
+      this.intercepted = { status: statusCode };
+      this.request.listener?.started(statusCode, headers); // the learn stage hears it all the same
+      return;
+    }
     const interest = this.request.listener?.started(statusCode, headers);
     const head = { ...clientResponseHeaders(headers), ...interest?.headers, ...this.request.responseHeaders };
     const limit = interest?.readBodyUpTo;
@@ -115,6 +139,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.intercepted) return this.drop(controller, chunk);
     if (this.body) this.collect(chunk);
     if (this.held) return; // at most bodyLimit bytes, sent at the end
     if (!this.res.write(chunk)) {
@@ -124,6 +149,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(): void {
+    if (this.intercepted) return this.settle();
     const added = this.body ? this.request.listener?.ended(Buffer.concat(this.body)) : undefined;
     if (this.held) {
       this.res.writeHead(this.held.statusCode, { ...this.held.headers, ...added, ...this.request.responseHeaders });
@@ -147,8 +173,19 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     }
   }
 
+  /**
+   * An intercepted answer's body is read to its end so that the connection can carry the retry;
+   * a long one is not worth it, and the connection is closed instead.
+   */
+  private drop(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.dropped += chunk.length;
+    if (this.dropped > DROP_AT_MOST) controller.abort(new InterceptedDropped());
+  }
+
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
-    this.settle(err instanceof ClientGoneError ? err : upstreamFailure(err, this.request.upstream));
+    if (err instanceof ClientGoneError) return this.settle(err);
+    // An intercepted answer that broke off is retried all the same: its head said so.
+    this.settle(this.intercepted ? undefined : upstreamFailure(err, this.request.upstream));
   }
 
   /** Bound: the ServerResponse's 'close' listener. */
@@ -163,7 +200,18 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     this.settled = true;
     this.res.off('close', this.onClientClose);
     if (err) this.reject(err);
-    else this.resolve();
+    else this.resolve(this.intercepted);
+  }
+}
+
+/** The most of an intercepted answer's body read (and dropped) to keep its connection. */
+const DROP_AT_MOST = 64 * 1024;
+
+/** Why an intercepted answer's connection was closed: its body was too long to drop. */
+class InterceptedDropped extends Error {
+  constructor() {
+    super('an intercepted answer too long to read to its end');
+    this.name = 'InterceptedDropped';
   }
 }
 

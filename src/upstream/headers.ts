@@ -41,6 +41,8 @@ export interface UpstreamRequestHeaders {
   clientIp: string | undefined;
   /** The injected credential; the client's own header of that name is dropped. */
   credential?: { header: string; value: string } | undefined;
+  /** An Idempotency-Key the gateway adds (retry.idempotencyKey: generate; the client sent none). */
+  idempotencyKey?: string | undefined;
 }
 
 /** The headers to send upstream, as a flat [name, value, name, value, ...] list for undici. */
@@ -59,6 +61,7 @@ export function upstreamRequestHeaders(
     out.push(name, rawHeaders[i + 1]!);
   }
   if (extra.credential) out.push(extra.credential.header, extra.credential.value);
+  if (extra.idempotencyKey !== undefined) out.push('idempotency-key', extra.idempotencyKey);
   const forwardedFor = joined(parsed['x-forwarded-for']);
   if (extra.clientIp !== undefined) {
     out.push('x-forwarded-for', forwardedFor ? `${forwardedFor}, ${extra.clientIp}` : extra.clientIp);
