@@ -7,6 +7,7 @@
  * other token; and over Redis an opening spreads to a second gateway, which then probes on its own.
  */
 import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -129,21 +130,21 @@ describe('circuit breaker per upstream', () => {
   });
 
   it('half-opens after the cooldown with `probes` requests through; a failed probe reopens, a good one closes with a fresh count', async () => {
-    const gw = await start(testConfig(upstreamConfig('api', upstream.url, '{ failures: 2, window: 20s, cooldown: 400ms, probes: 2 }')));
+    const gw = await start(testConfig(upstreamConfig('api', upstream.url, '{ failures: 2, window: 20s, cooldown: 1s, probes: 2 }')));
     await get(gw, '/api/status/500');
     await get(gw, '/api/status/500');
     expect((await get(gw, '/api/echo')).body.error).toBe('circuit_open');
 
     // Half-open: a failed probe opens it again, for a whole cooldown.
-    await sleep(550);
+    await sleep(1_200);
     expect((await breakers(gw)).api).toMatchObject({ state: 'halfOpen' });
     expect((await get(gw, '/api/status/500')).status).toBe(500);
     const reopened = await get(gw, '/api/echo');
     expect(reopened.body.error).toBe('circuit_open');
-    expect(reopened.body.retryAfterMs).toBeGreaterThan(200);
+    expect(reopened.body.retryAfterMs).toBeGreaterThan(500); // a whole new cooldown, not the old one's rest
 
     // Half-open again: two probes go (slowly), a third is refused meanwhile.
-    await sleep(550);
+    await sleep(1_200);
     const seen = upstream.arrivals.length;
     const probes = [get(gw, '/api/slow/1000'), get(gw, '/api/slow/1000')];
     await until(() => upstream.arrivals.length === seen + 2, 2_000, 'two probes at the upstream');
@@ -185,6 +186,27 @@ async function startPoolUpstream(): Promise<{ url: string; tokens: string[]; fai
     },
   };
 }
+
+describe('circuit breakers across a reload', () => {
+  it('a request queued before a reload that changed the breaker settings still goes (no spurious circuit_open)', async () => {
+    const config = (cooldown: string) =>
+      testConfig(
+        upstreamConfig('api', upstream.url, `{ failures: 3, window: 10s, cooldown: ${cooldown} }`, `    limits:
+      - { name: one-at-a-time, concurrency: 1 }
+    onLimit: { queue: 5s }
+`),
+      );
+    const gw = await start(config('30s'));
+    const first = get(gw, '/api/slow/600');
+    await until(() => upstream.arrivals.some((a) => a.url === '/slow/600'), 2_000, 'the first request upstream');
+    const queued = get(gw, '/api/echo'); // waits for the concurrency slot
+    await sleep(100);
+    writeFileSync(gw.configPath, config('20s'));
+    expect(await gw.gateway.reload()).toMatchObject({ ok: true, changed: true });
+    expect((await first).status).toBe(200);
+    expect((await queued).status).toBe(200);
+  });
+});
 
 describe('circuit breaker per pool token', () => {
   it('takes a failing token out of the choice, brings it back after a good probe, and refuses when every token is out', async () => {

@@ -4,8 +4,9 @@
  * both drafts' shapes, RateLimit-Remaining/-Reset), body rules (BaseLinker's blocked token, times
  * in a time zone), and bad input that must neither throw nor pause for absurd durations.
  */
+import { brotliCompressSync, deflateRawSync, deflateSync, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { pauseFromBody, pauseFromHeaders, timeIn, type BodyRule } from '../src/limits/feedback.js';
+import { decodedBody, pauseFromBody, pauseFromHeaders, timeIn, type BodyRule } from '../src/limits/feedback.js';
 
 const NOW = Date.UTC(2024, 4, 3, 15, 0, 0); // 2024-05-03 15:00:00 UTC
 const HOUR = 3_600_000;
@@ -39,6 +40,12 @@ describe('pauseFromHeaders', () => {
     ['429 without Retry-After, X-RateLimit', 429, { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': '6' }, 6_000, 'x-ratelimit'],
     ['IETF RateLimit (draft 6 and before)', 200, { ratelimit: 'limit=100, remaining=0, reset=30' }, 30_000, 'ratelimit'],
     ['IETF RateLimit (draft 7 on)', 200, { ratelimit: '"default";r=0;t=12' }, 12_000, 'ratelimit'],
+    ['IETF RateLimit, several policies: the exhausted one', 200, { ratelimit: '"a";r=5;t=1, "b";r=0;t=30' }, 30_000, 'ratelimit'],
+    ['IETF RateLimit, several exhausted: the longest', 200, { ratelimit: '"a";r=0;t=5, "b";r=2;t=90, "c";r=0;t=40' }, 40_000, 'ratelimit'],
+    ['IETF RateLimit, commas and semicolons in names', 200, { ratelimit: '"a,b;r=0";r=3;t=60, "c";r=0;t=7' }, 7_000, 'ratelimit'],
+    ['IETF RateLimit, several policies with room', 200, { ratelimit: '"a";r=5;t=1, "b";r=1;t=30' }, undefined],
+    ['IETF RateLimit, exhausted without t', 200, { ratelimit: '"a";r=0, "b";r=1;t=30' }, undefined],
+    ['IETF RateLimit (draft 6), first value of each key', 200, { ratelimit: 'limit=100, remaining=0, reset=30, reset=90' }, 30_000, 'ratelimit'],
     ['IETF RateLimit with room', 200, { ratelimit: 'limit=100, remaining=5, reset=30' }, undefined],
     ['IETF RateLimit garbage', 200, { ratelimit: ';;;=,,=r=t=' }, undefined],
     ['RateLimit-Remaining/-Reset', 200, { 'ratelimit-remaining': '0', 'ratelimit-reset': '8' }, 8_000, 'ratelimit'],
@@ -95,6 +102,31 @@ describe('pauseFromBody', () => {
     expect(pauseFromBody([BLOCKED], Buffer.from([0xff, 0xfe, 0x00]), NOW, HOUR)).toBeUndefined();
     // A path through the prototype is no path.
     expect(pauseFromBody([{ ...nested, path: ['constructor', 'name'], equals: 'Object' }], body({}), NOW, HOUR)).toBeUndefined();
+  });
+});
+
+describe('decodedBody', () => {
+  const json = body({ error_code: 'ERROR_BLOCKED_TOKEN' });
+
+  it('decodes gzip, deflate (zlib or raw), br and several codings in turn; identity or none is the body', () => {
+    expect(decodedBody(gzipSync(json), 'gzip', 1024)).toEqual(json);
+    expect(decodedBody(gzipSync(json), 'X-GZIP', 1024)).toEqual(json);
+    expect(decodedBody(deflateSync(json), 'deflate', 1024)).toEqual(json);
+    expect(decodedBody(deflateRawSync(json), 'deflate', 1024)).toEqual(json);
+    expect(decodedBody(brotliCompressSync(json), 'br', 1024)).toEqual(json);
+    expect(decodedBody(brotliCompressSync(gzipSync(json)), 'gzip, br', 1024)).toEqual(json);
+    expect(decodedBody(json, 'identity', 1024)).toEqual(json);
+    expect(decodedBody(json, undefined, 1024)).toEqual(json);
+  });
+
+  it('is undefined for unknown encodings, corrupt data and bodies larger than the limit once decoded', () => {
+    expect(decodedBody(json, 'zstd', 1024)).toBeUndefined();
+    expect(decodedBody(json, 'gzip', 1024)).toBeUndefined();
+    expect(decodedBody(gzipSync(json).subarray(0, 10), 'gzip', 1024)).toBeUndefined();
+    const bomb = gzipSync(Buffer.alloc(10 * 1024 * 1024));
+    expect(bomb.length).toBeLessThan(64 * 1024);
+    expect(decodedBody(bomb, 'gzip', 16 * 1024)).toBeUndefined();
+    expect(decodedBody(brotliCompressSync(Buffer.alloc(1024 * 1024)), 'br', 16 * 1024)).toBeUndefined();
   });
 });
 

@@ -6,6 +6,7 @@
  * Upstream input is untrusted: garbage headers, invalid JSON, dates in the past or centuries ahead
  * never throw and never pause for more than `maxPauseMs` (a pause of 0 or less is no pause).
  */
+import { brotliDecompressSync, gunzipSync, inflateRawSync, inflateSync } from 'node:zlib';
 
 /** Response headers as undici gives them: lower-case names. */
 export type ResponseHeaders = Readonly<Record<string, string | string[] | undefined>>;
@@ -81,17 +82,73 @@ export function resetMs(value: string | undefined, nowMs: number): number | unde
 }
 
 /**
- * The IETF header: draft 6 and before `limit=100, remaining=0, reset=30`; draft 7 on
- * `"name";r=0;t=30` (several policies: the first, the one the server lists as binding).
+ * The IETF header: draft 6 and before `limit=100, remaining=0, reset=30` (one policy: the first
+ * value of each key); draft 7 on a structured-field list `"name";r=0;t=30, "other";r=5;t=1` (several
+ * policies: the longest `t` among those with `r=0`, as each of them must be waited out).
  */
 function ietfRateLimit(value: string | undefined): { remaining: string | undefined; reset: string | undefined } | undefined {
   if (value === undefined) return undefined;
+  // Quoted names may hold commas and semicolons: blank them before splitting into items and parameters.
+  const items = value.replace(/"(?:[^"\\]|\\.)*"?/g, '""').split(',').map(parameters);
+  const policies = items.filter((p) => p.has('r') || p.has('t'));
+  if (policies.length > 0) {
+    let reset: string | undefined;
+    for (const p of policies) {
+      const t = p.get('t');
+      if (isZero(p.get('r')) && t !== undefined && resetMs(t, 0) !== undefined && (reset === undefined || Number(t) > Number(reset))) reset = t;
+    }
+    return { remaining: reset === undefined ? undefined : '0', reset };
+  }
   const params = new Map<string, string>();
   for (const part of value.split(/[;,]/)) {
     const m = /^\s*([a-z]+)\s*=\s*"?([^"\s]*)"?\s*$/i.exec(part);
     if (m && !params.has(m[1]!.toLowerCase())) params.set(m[1]!.toLowerCase(), m[2]!);
   }
-  return { remaining: params.get('remaining') ?? params.get('r'), reset: params.get('reset') ?? params.get('t') };
+  return { remaining: params.get('remaining'), reset: params.get('reset') };
+}
+
+/** An item's `key=value` parameters (its first value each). */
+function parameters(item: string): Map<string, string> {
+  const params = new Map<string, string>();
+  for (const part of item.split(';')) {
+    const m = /^\s*([a-z]+)\s*=\s*([^\s]*)\s*$/i.exec(part);
+    if (m && !params.has(m[1]!.toLowerCase())) params.set(m[1]!.toLowerCase(), m[2]!);
+  }
+  return params;
+}
+
+/**
+ * A body as the upstream encoded it (`Content-Encoding`), decoded for the body rules: gzip, deflate
+ * (zlib or raw), br, and several of them in turn. At most `maxBytes` once decoded (a zip bomb stops
+ * there); undefined when it is larger, corrupt or in an encoding the gateway does not know.
+ */
+export function decodedBody(body: Buffer, encoding: string | string[] | undefined, maxBytes: number): Buffer | undefined {
+  const codings = (Array.isArray(encoding) ? encoding.join(',') : (encoding ?? ''))
+    .split(',')
+    .map((c) => c.trim().toLowerCase())
+    .filter((c) => c !== '' && c !== 'identity');
+  let decoded = body;
+  try {
+    for (const coding of codings.reverse()) {
+      const bounded = { maxOutputLength: maxBytes };
+      if (coding === 'gzip' || coding === 'x-gzip') decoded = gunzipSync(decoded, bounded);
+      else if (coding === 'br') decoded = brotliDecompressSync(decoded, bounded);
+      else if (coding === 'deflate') decoded = inflated(decoded, bounded);
+      else return undefined;
+    }
+  } catch {
+    return undefined; // corrupt, or more than maxBytes once decoded
+  }
+  return decoded.length <= maxBytes ? decoded : undefined;
+}
+
+/** `deflate` is zlib-wrapped by the letter of HTTP, raw from some servers. */
+function inflated(body: Buffer, options: { maxOutputLength: number }): Buffer {
+  try {
+    return inflateSync(body, options);
+  } catch {
+    return inflateRawSync(body, options);
+  }
 }
 
 /**

@@ -7,12 +7,15 @@
  */
 import type { FeedbackConfig } from '../config/schema.js';
 import type { ResponseInterest, ResponseListener } from '../upstream/forward.js';
-import { pauseFromBody, pauseFromHeaders, type LearnedPause, type ResponseHeaders } from './feedback.js';
+import { decodedBody, pauseFromBody, pauseFromHeaders, type LearnedPause, type ResponseHeaders } from './feedback.js';
 import type { Pauses } from './pauses.js';
 
 const LIMITED = { 'x-sluice-upstream-limited': 'true' };
 
 export class ResponseFeedback implements ResponseListener {
+  /** The body's Content-Encoding: a gzipped JSON error is decoded before the rules read it. */
+  private encoding: string | string[] | undefined;
+
   constructor(
     private readonly config: FeedbackConfig,
     private readonly pauses: Pauses,
@@ -24,6 +27,7 @@ export class ResponseFeedback implements ResponseListener {
   started(status: number, headers: ResponseHeaders): ResponseInterest {
     const learned = this.config.headers ? pauseFromHeaders(status, headers, this.clock(), this.config.maxPause) : undefined;
     this.take(learned);
+    this.encoding = headers['content-encoding'];
     const readBody = this.config.body.length > 0 && isJson(headers['content-type']);
     return {
       headers: status === 429 ? { ...LIMITED, ...(headers['retry-after'] ? {} : { 'retry-after': seconds(learned?.pauseMs ?? 1000) }) } : undefined,
@@ -32,7 +36,9 @@ export class ResponseFeedback implements ResponseListener {
   }
 
   ended(body: Buffer): Record<string, string> | undefined {
-    const learned = pauseFromBody(this.config.body, body, this.clock(), this.config.maxPause);
+    // Decoded at most to maxBodySize; corrupt or in an unknown encoding: nothing to learn.
+    const decoded = decodedBody(body, this.encoding, this.config.maxBodySize);
+    const learned = decoded && pauseFromBody(this.config.body, decoded, this.clock(), this.config.maxPause);
     this.take(learned);
     return learned && LIMITED;
   }

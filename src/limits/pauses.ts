@@ -33,6 +33,8 @@ export class PauseRegistry {
   private readonly sets = new Map<string, Pauses>();
   private readonly sync: NodeJS.Timeout | undefined;
   private syncing = false;
+  /** The last read failed: logged once when the store goes away, once when it is back. */
+  private storeAway = false;
 
   constructor(private readonly context: PauseContext) {
     if (context.shared) this.sync = setInterval(() => void this.learn(), SYNC_EVERY_MS).unref();
@@ -64,8 +66,12 @@ export class PauseRegistry {
     this.syncing = true;
     try {
       for (const set of [...this.sets.values()]) set.merge(await this.context.store.cooling(set.key));
-    } catch {
-      // The store is away: each instance keeps the pauses it learned itself (the breakers log it).
+      if (this.storeAway) this.context.logger.info('learned pauses are shared through the store again');
+      this.storeAway = false;
+    } catch (err) {
+      // The store is away: each instance keeps the pauses it learned itself.
+      if (!this.storeAway) this.context.logger.warn({ err: String(err) }, 'cannot read learned pauses from the store; pauses are local until it answers');
+      this.storeAway = true;
     } finally {
       this.syncing = false;
     }
@@ -109,9 +115,14 @@ export class Pauses {
 
   /** Pool members paused now (undefined: none). */
   members(): number[] | undefined {
+    if (this.until.size === 0) return undefined; // the usual case, on every request: no copy
     const now = this.clock();
-    const paused = [...this.until].flatMap(([member, until]) => (member !== WHOLE_UPSTREAM && until > now ? [member] : []));
-    return paused.length > 0 ? paused : undefined;
+    let paused: number[] | undefined;
+    for (const [member, until] of this.until) {
+      if (until <= now) this.until.delete(member); // over: forgotten, so the map empties again
+      else if (member !== WHOLE_UPSTREAM) (paused ??= []).push(member);
+    }
+    return paused;
   }
 
   /** A pause the upstream asked for: the member's (undefined: the whole upstream), at once here and then everywhere. */

@@ -71,17 +71,17 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     const { upstream, path, rulePath } = policy.route(target);
     record.upstream = upstream.name;
     const credentials = credentialsOf(upstream);
-    credentials?.check();
     const clientGone = clientGoneSignal(res);
     let retries: RetryRun | undefined;
     let body: UpstreamRequest['body'] | undefined; // read on the first attempt, kept for retries when small
     // Each attempt, retries included, passes the breaker, the pause and the limits like a new request.
     for (;;) {
+      credentials?.check(); // every attempt: a retry's wait may have cooled every pool token
       // breaker: an open one refuses here, before the limits are used; pool members it holds out are skipped.
       trial = upstream.breakers?.check(credentials?.outOfRotation?.());
       // paused: the upstream (or every pool token) asked for a pause; wait it out within the queue time, or 429.
       // A retry waits out a pause that ends within its time left (the upstream's Retry-After made it).
-      await pausedFor(upstream, trial, clientGone, Math.max(upstream.limits.onLimit?.queueMs ?? 0, retries?.leftMs() ?? 0));
+      await pausedFor(upstream, trial, clientGone, retries ? retries.leftMs() : (upstream.limits.onLimit?.queueMs ?? 0));
       const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record, trial, clientGone);
       const credential = await credentials?.next(admission.credential, union(trial?.refusing(), upstream.pauses.members()));
       const member = credential && credentials?.memberOf?.(credential);
@@ -162,11 +162,18 @@ async function admit(
 async function pausedFor(upstream: UpstreamProfile, trial: Trial | undefined, clientGone: () => AbortSignal, waitUpToMs: number): Promise<void> {
   const poolSize = upstream.poolSize;
   const out = () => union(upstream.credentials?.outOfRotation?.(), trial?.refusing());
-  const waitMs = upstream.pauses.check(poolSize, out(), waitUpToMs);
-  if (waitMs === 0) return;
-  await waitUnlessGone(waitMs, clientGone);
-  upstream.pauses.check(poolSize, out(), 0); // a pause that grew meanwhile refuses now
+  const deadline = Date.now() + waitUpToMs;
+  // Asked again after each wait: a pause that grew meanwhile past the deadline refuses then, and a
+  // timer may fire a few ms before the wall clock says the pause is over (it counts from the event
+  // loop's cached time), which the next round waits out.
+  for (let waitMs = upstream.pauses.check(poolSize, out(), waitUpToMs); waitMs > 0; ) {
+    await waitUnlessGone(waitMs, clientGone);
+    waitMs = upstream.pauses.check(poolSize, out(), Math.max(deadline - Date.now(), 0) + TIMER_SLACK_MS);
+  }
 }
+
+/** How much earlier than asked a timer may fire, by the wall clock. */
+const TIMER_SLACK_MS = 50;
 
 /** Waits, unless the client leaves first (then the request ends as abandoned). */
 async function waitUnlessGone(ms: number, clientGone: () => AbortSignal): Promise<void> {

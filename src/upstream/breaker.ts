@@ -23,6 +23,9 @@ import type { Logger } from '../observability/logger.js';
 import type { TokenStore } from '../store/tokens.js';
 import { Breaker, circuitOpen, type BreakerListener, type BreakerSettings, type BreakerState } from './circuit.js';
 
+/** `ratio` applies from this many requests in the window on, unless minRequests says otherwise. */
+const DEFAULT_MIN_REQUESTS = 10;
+
 /** The store's member number for a breaker of the whole upstream (pool members are 0, 1, ...). */
 const WHOLE_UPSTREAM = -1;
 
@@ -103,6 +106,7 @@ export class BreakerRegistry {
 /** An upstream's breakers: one for the whole upstream, or one per pool member. */
 export class BreakerSet implements BreakerListener {
   private readonly breakers: Breaker[];
+  private retired = false;
 
   constructor(
     readonly upstream: string,
@@ -120,28 +124,38 @@ export class BreakerSet implements BreakerListener {
 
   /**
    * Before admission: the request's Trial, or a 503 circuit_open when the upstream's breaker (or
-   * every pool member, cooling or open) refuses. `cooling`: pool members out of rotation already.
+   * every pool member, cooling or open, with at least one open) refuses. `cooling`: pool members out
+   * of rotation already (every member cooling is the pool's own refusal). The Trial enters a breaker
+   * only once the request is admitted (use()): a half-open probe slot is not held through a queue.
    */
   check(cooling: readonly number[] | undefined): Trial {
-    if (this.members === undefined) return new Trial(this, this.breakers[0]);
+    if (this.retired) return new Trial(this);
+    if (this.members === undefined) {
+      const breaker = this.breakers[0]!;
+      if (!breaker.admits()) throw circuitOpen(this.upstream, breaker.retryAfterMs());
+      return new Trial(this);
+    }
     const refusing = this.breakers.filter((b) => !b.admits());
-    if (new Set([...(cooling ?? []), ...refusing.map((b) => b.member)]).size >= this.breakers.length) {
+    const out = new Set([...(cooling ?? []), ...refusing.map((b) => b.member)]);
+    if (refusing.length > 0 && out.size >= this.breakers.length) {
       // The soonest breaker to admit again (a cooling token may come back sooner; it is not known here).
       throw circuitOpen(this.upstream, Math.min(...refusing.map((b) => b.retryAfterMs())));
     }
-    return new Trial(this, undefined);
+    return new Trial(this);
   }
 
   /** Pool members whose breaker refuses now (undefined: none). */
   refusing(): number[] | undefined {
-    if (this.members === undefined) return undefined;
+    if (this.members === undefined || this.retired) return undefined;
     const members = this.breakers.flatMap((b) => (b.admits() ? [] : [b.member!]));
     return members.length > 0 ? members : undefined;
   }
 
-  /** The breaker of a pool member (undefined for a breaker per upstream). */
-  member(index: number | undefined): Breaker | undefined {
-    return this.members === undefined || index === undefined ? undefined : this.breakers[index];
+  /** The breaker a request admitted with pool member `index` goes through (the upstream's, per upstream). */
+  breakerFor(index: number | undefined): Breaker | undefined {
+    if (this.retired) return undefined;
+    if (this.members === undefined) return this.breakers[0];
+    return index === undefined ? undefined : this.breakers[index];
   }
 
   /** Openings in the store: member → ms left. */
@@ -169,7 +183,12 @@ export class BreakerSet implements BreakerListener {
     return { per: 'credential', members: this.breakers.map((b) => ({ index: b.member, ...b.status() })) };
   }
 
+  /**
+   * A reload dropped these settings: the breakers stop, and requests still running on the old
+   * policy pass freely (a stopped opossum circuit would refuse them all).
+   */
   close(): void {
+    this.retired = true;
     for (const breaker of this.breakers) breaker.close();
   }
 }
@@ -179,21 +198,16 @@ export class Trial {
   private breaker: Breaker | undefined;
   private probe = false;
 
-  constructor(
-    private readonly set: BreakerSet,
-    breaker: Breaker | undefined,
-  ) {
-    if (breaker) this.enter(breaker);
-  }
+  constructor(private readonly set: BreakerSet) {}
 
   /** Pool members the credential choice must skip: their breaker refuses. */
   refusing(): readonly number[] | undefined {
     return this.set.refusing();
   }
 
-  /** The pool member the request goes with (per-credential breakers); throws circuit_open if it refuses now. */
+  /** Once admitted, with pool member `member`: enters its breaker (or the upstream's); throws circuit_open if it refuses now. */
   use(member: number | undefined): void {
-    const breaker = this.set.member(member);
+    const breaker = this.set.breakerFor(member);
     if (breaker && !this.breaker) this.enter(breaker);
   }
 
@@ -229,7 +243,8 @@ function settingsOf(config: BreakerConfig): BreakerSettings {
   return {
     failures: config.failures,
     ratio: config.ratio,
-    minRequests: config.minRequests ?? 0,
+    // Without a floor, one failure as the window's first request is a ratio of 100%.
+    minRequests: config.minRequests ?? DEFAULT_MIN_REQUESTS,
     windowMs: config.window,
     cooldownMs: config.cooldown,
     probes: config.probes,

@@ -110,6 +110,7 @@ export class Breaker {
 
   /** The outcome of a request let through (failed undefined: it ended without one, e.g. the client left). */
   settle(probe: boolean, failed: boolean | undefined): void {
+    if (this.circuit.isShutdown) return; // dropped by a reload while this request ran
     if (probe) {
       this.probesOut--;
       if (failed === undefined || !this.circuit.halfOpen) return;
