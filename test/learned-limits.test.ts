@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { gzipSync } from 'node:zlib';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CoolDownSync } from '../src/store/cool-down-sync.js';
 import { PauseRegistry } from '../src/limits/pauses.js';
 import type { Logger } from '../src/observability/logger.js';
 import type { TokenStore } from '../src/store/tokens.js';
@@ -325,7 +326,7 @@ describe('PauseRegistry', () => {
     return { warn: at('warn'), info: at('info'), debug: at('debug'), error: at('error') } as unknown as Logger;
   }
 
-  it('logs once when the store goes away and once when it is back', async () => {
+  it('reading the shared pauses logs once when the store goes away and once when it is back', async () => {
     const lines: { level: string; msg: string }[] = [];
     let away = false;
     const store = {
@@ -334,9 +335,8 @@ describe('PauseRegistry', () => {
         return new Map<number, number>();
       },
     } as unknown as TokenStore;
-    const registry = new PauseRegistry({ store, prefix: 'test', logger: logger(lines), shared: true });
-    registry.acquire('api');
-    const learn = () => (registry as unknown as { learn(): Promise<void> }).learn();
+    const sync = new CoolDownSync(store, logger(lines), 'learned pauses', () => [{ key: 'k', learn: () => undefined }]);
+    const learn = () => sync.read();
     try {
       await learn();
       away = true;
@@ -347,10 +347,10 @@ describe('PauseRegistry', () => {
       await learn();
       await learn();
     } finally {
-      registry.close();
+      sync.close();
     }
     expect(lines).toEqual([
-      { level: 'warn', msg: 'cannot read learned pauses from the store; pauses are local until it answers' },
+      { level: 'warn', msg: 'cannot read learned pauses from the store; they are local to this instance until it answers' },
       { level: 'info', msg: 'learned pauses are shared through the store again' },
     ]);
   });

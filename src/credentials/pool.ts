@@ -7,11 +7,9 @@
  */
 import { GatewayError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import { SYNC_EVERY_MS } from '../store/cool-down-sync.js';
 import type { TokenStore } from '../store/tokens.js';
 import { formatted, type Credential, type CredentialProvider, type CredentialStatus } from './provider.js';
-
-/** How often an instance learns the cool-downs other instances started. */
-export const SYNC_EVERY_MS = 1_000;
 
 export interface PoolOptions {
   upstream: string;

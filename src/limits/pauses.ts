@@ -10,7 +10,7 @@
  * Pauses are kept per upstream name across reloads: a reload must not forget that the upstream said
  * "not before 17:15".
  */
-import { SYNC_EVERY_MS } from '../credentials/pool.js';
+import { CoolDownSync } from '../store/cool-down-sync.js';
 import { GatewayError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { TokenStore } from '../store/tokens.js';
@@ -31,13 +31,11 @@ export interface PauseContext {
 
 export class PauseRegistry {
   private readonly sets = new Map<string, Pauses>();
-  private readonly sync: NodeJS.Timeout | undefined;
-  private syncing = false;
-  /** The last read failed: logged once when the store goes away, once when it is back. */
-  private storeAway = false;
+  private readonly sync: CoolDownSync | undefined;
 
   constructor(private readonly context: PauseContext) {
-    if (context.shared) this.sync = setInterval(() => void this.learn(), SYNC_EVERY_MS).unref();
+    // Pauses other instances learned (and this one's, which change nothing).
+    if (context.shared) this.sync = new CoolDownSync(context.store, context.logger, 'learned pauses', () => this.sets.values());
   }
 
   /** The pauses of an upstream (the running ones, when it had some before a reload). */
@@ -56,26 +54,10 @@ export class PauseRegistry {
   }
 
   close(): void {
-    clearInterval(this.sync);
+    this.sync?.close();
     this.sets.clear();
   }
 
-  /** Pauses other instances learned (and this one's, which change nothing). */
-  private async learn(): Promise<void> {
-    if (this.syncing) return; // a slow store: one read at a time
-    this.syncing = true;
-    try {
-      for (const set of [...this.sets.values()]) set.merge(await this.context.store.cooling(set.key));
-      if (this.storeAway) this.context.logger.info('learned pauses are shared through the store again');
-      this.storeAway = false;
-    } catch (err) {
-      // The store is away: each instance keeps the pauses it learned itself.
-      if (!this.storeAway) this.context.logger.warn({ err: String(err) }, 'cannot read learned pauses from the store; pauses are local until it answers');
-      this.storeAway = true;
-    } finally {
-      this.syncing = false;
-    }
-  }
 }
 
 /** One upstream's pauses: member → paused until (this instance's clock). */
@@ -150,7 +132,7 @@ export class Pauses {
   }
 
   /** Pauses in the store: member → ms left. */
-  merge(shared: ReadonlyMap<number, number>): void {
+  learn(shared: ReadonlyMap<number, number>): void {
     const now = this.clock();
     for (const [member, leftMs] of shared) {
       if ((this.until.get(member) ?? 0) < now + leftMs) this.until.set(member, now + leftMs);

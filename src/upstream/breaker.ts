@@ -17,9 +17,9 @@
  * store away each instance carries on with what it sees itself.
  */
 import type { BreakerConfig, CredentialsConfig } from '../config/schema.js';
-import { SYNC_EVERY_MS } from '../credentials/pool.js';
 import { GatewayError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import { CoolDownSync } from '../store/cool-down-sync.js';
 import type { TokenStore } from '../store/tokens.js';
 import { Breaker, circuitOpen, type BreakerListener, type BreakerSettings, type BreakerState } from './circuit.js';
 
@@ -40,12 +40,11 @@ export interface BreakerContext {
 
 export class BreakerRegistry {
   private readonly sets = new Map<string, BreakerSet>();
-  private readonly sync: NodeJS.Timeout | undefined;
-  private syncing = false;
-  private storeAway = false;
+  private readonly sync: CoolDownSync | undefined;
 
   constructor(private readonly context: BreakerContext) {
-    if (context.shared) this.sync = setInterval(() => void this.learn(), SYNC_EVERY_MS).unref();
+    // Openings of other instances (and this one's, which the breakers recognise).
+    if (context.shared) this.sync = new CoolDownSync(context.store, context.logger, 'circuit breaker openings', () => this.sets.values());
   }
 
   /** The breakers for an upstream's `breaker:` block: the running ones when nothing they depend on changed. */
@@ -75,7 +74,7 @@ export class BreakerRegistry {
   }
 
   close(): void {
-    clearInterval(this.sync);
+    this.sync?.close();
     this.retainOnly(new Set());
   }
 
@@ -86,21 +85,6 @@ export class BreakerRegistry {
     });
   }
 
-  /** Openings of other instances (and this one's, which the breakers recognise). */
-  private async learn(): Promise<void> {
-    if (this.syncing) return; // a slow store: one read at a time
-    this.syncing = true;
-    try {
-      for (const set of [...this.sets.values()]) set.learn(await this.context.store.cooling(set.key));
-      if (this.storeAway) this.context.logger.info('circuit breaker openings are shared through the store again');
-      this.storeAway = false;
-    } catch (err) {
-      if (!this.storeAway) this.context.logger.warn({ err: String(err) }, 'cannot read circuit breaker openings from the store; breakers are local until it answers');
-      this.storeAway = true;
-    } finally {
-      this.syncing = false;
-    }
-  }
 }
 
 /** An upstream's breakers: one for the whole upstream, or one per pool member. */
