@@ -20,7 +20,7 @@
 // FIDELITY_TOKEN_SECONDS (60, the token scenario; its other settings: token.mjs),
 // FIDELITY_LEARNED_SECONDS (24, the learned-limit scenario, per run; its other settings: learned.mjs),
 // FIDELITY_REDIS_URL (redis://127.0.0.1:6379), FIDELITY_KEEP_TMP=1 (keep configs and gateway logs).
-import { fork, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
@@ -34,6 +34,7 @@ import { cleanRedis, redisAnswers } from '../lib/redis.mjs';
 import { waitReady } from '../lib/ready.mjs';
 import { busyMs, concurrencySweep, jainIndex, maxInWindow, median, quotaViolations, rateViolations, tightestSpan } from './checks.mjs';
 import { drive, nowMs } from './load.mjs';
+import { startChildServer } from './child-server.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
@@ -80,43 +81,14 @@ function tail(file, lines = 15) {
 // The strict upstream (a child process, so its arrival clock is not delayed by the load).
 
 let upstream;
-let rpcSeq = 0;
-const pending = new Map();
 
 async function startUpstream() {
-  const child = track(fork(join(HERE, 'upstream.mjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }), 'upstream');
-  const port = await new Promise((resolvePromise, reject) => {
-    child.once('exit', (code) => reject(new Error(`upstream exited (${code})`)));
-    child.on('message', (msg) => {
-      if (msg.listening) return resolvePromise(msg.listening);
-      const p = pending.get(msg.id);
-      if (p) {
-        pending.delete(msg.id);
-        p(msg);
-      }
-    });
-  });
-  upstream = { child, port, url: `http://127.0.0.1:${port}`, offset: 0 };
-  // Its clock and ours are both epoch ms; measure the difference anyway (a few ms would matter
-  // to the run windows): the sample with the shortest round trip.
-  let best = { rtt: Infinity, offset: 0 };
-  for (let i = 0; i < 20; i++) {
-    const t0 = nowMs();
-    const { now } = await rpc('now');
-    const t1 = nowMs();
-    if (t1 - t0 < best.rtt) best = { rtt: t1 - t0, offset: now - (t0 + t1) / 2 };
-  }
-  upstream.offset = best.offset;
+  const server = await startChildServer(join(HERE, 'upstream.mjs'), [], { track, name: 'upstream' });
+  upstream = { ...server, port: server.listening, url: `http://127.0.0.1:${server.listening}` };
   return upstream;
 }
 
-function rpc(cmd) {
-  const id = ++rpcSeq;
-  return new Promise((resolvePromise) => {
-    pending.set(id, resolvePromise);
-    upstream.child.send({ id, cmd });
-  });
-}
+const rpc = (cmd, more) => upstream.rpc(cmd, more);
 
 /** Arrivals since the last reset, on our clock: {at, end, tenant}. */
 async function arrivals() {

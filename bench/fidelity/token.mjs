@@ -19,7 +19,7 @@
 // FIDELITY_KEEP_TMP=1 (keep configs and gateway logs), FIDELITY_TOKEN_VERBOSE=1 (print the
 // gateways' credential log lines), FIDELITY_TOKEN_JSON=FILE (run.mjs: the figures go to FILE and
 // the exit status is 0 whatever the verdict; alone, a FAIL exits 1).
-import { fork, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
@@ -35,6 +35,7 @@ import { cleanRedis, redisAnswers } from '../lib/redis.mjs';
 import { waitReady } from '../lib/ready.mjs';
 import { maxInWindow, median, percentile } from './checks.mjs';
 import { nowMs } from './load.mjs';
+import { startChildServer } from './child-server.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
@@ -116,42 +117,15 @@ const { work, track, stopChild, stopAll, stopping } = trackChildren({
 });
 
 let fake;
-let rpcSeq = 0;
-const pending = new Map();
 
 async function startFake() {
   const args = [JSON.stringify({ lifetimeS: LIFETIME_S, delayMs: ENDPOINT_DELAY_MS, ...SECRETS })];
-  const child = track(fork(join(HERE, 'token-endpoint.mjs'), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }), 'token-endpoint');
-  const ports = await new Promise((resolvePromise, reject) => {
-    child.once('exit', (code) => reject(new Error(`token-endpoint exited (${code})`)));
-    child.on('message', (msg) => {
-      if (msg.listening) return resolvePromise(msg.listening);
-      const p = pending.get(msg.id);
-      if (p) {
-        pending.delete(msg.id);
-        p(msg);
-      }
-    });
-  });
-  fake = { child, tokenUrl: `http://127.0.0.1:${ports.tokenPort}/oauth/v2/token`, apiUrl: `http://127.0.0.1:${ports.apiPort}`, offset: 0 };
-  // Its clock minus ours, from the sample with the shortest round trip.
-  let best = { rtt: Infinity, offset: 0 };
-  for (let i = 0; i < 20; i++) {
-    const t0 = nowMs();
-    const { now } = await rpc('now');
-    const t1 = nowMs();
-    if (t1 - t0 < best.rtt) best = { rtt: t1 - t0, offset: now - (t0 + t1) / 2 };
-  }
-  fake.offset = best.offset;
+  const server = await startChildServer(join(HERE, 'token-endpoint.mjs'), args, { track, name: 'token-endpoint' });
+  const ports = server.listening;
+  fake = { ...server, tokenUrl: `http://127.0.0.1:${ports.tokenPort}/oauth/v2/token`, apiUrl: `http://127.0.0.1:${ports.apiPort}` };
 }
 
-function rpc(cmd, more = {}) {
-  const id = ++rpcSeq;
-  return new Promise((resolvePromise) => {
-    pending.set(id, resolvePromise);
-    fake.child.send({ id, cmd, ...more });
-  });
-}
+const rpc = (cmd, more) => fake.rpc(cmd, more);
 
 function gatewayYaml(dir, port, adminPort) {
   const s = (ms) => `${ms}ms`;
