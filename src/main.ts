@@ -16,8 +16,11 @@ import { aesSealer, plainSealer } from './credentials/seal.js';
 import { Limiter } from './limits/admit.js';
 import { PauseRegistry } from './limits/pauses.js';
 import { watchConfig, type ConfigWatcher } from './config/watch.js';
-import { adminRoutes, createAdminServer, type Readiness } from './observability/admin.js';
+import { adminRoutes, createAdminServer, type ActionResult, type Readiness } from './observability/admin.js';
 import { createLogger, SecretScrubber, type Logger } from './observability/logger.js';
+import { GatewayMetrics } from './observability/metrics.js';
+import { UsageReader } from './observability/readings.js';
+import { limitsStatus, tenantStatus } from './observability/status.js';
 import { Policy, type Registries } from './policy.js';
 import { createProxyServer, type ProxyContext } from './proxy/server.js';
 import { Tunnels } from './proxy/tunnels.js';
@@ -26,6 +29,7 @@ import { CaError, InsecureCaKeyError, loadOrCreateCa } from './tls/ca.js';
 import { LeafCertificates } from './tls/leaf.js';
 import { BreakerRegistry } from './upstream/breaker.js';
 import { PoolRegistry } from './upstream/pools.js';
+import { RetryBudgets } from './upstream/retry.js';
 
 export interface GatewayOptions {
   configPath: string;
@@ -34,6 +38,11 @@ export interface GatewayOptions {
   logDestination?: DestinationStream;
   /** Reload when the file changes (default true). SIGHUP reloads regardless, via the CLI. */
   watch?: boolean;
+  /**
+   * Tests only, no config key: how often cool-downs (breaker openings, learned pauses, pool tokens)
+   * are read from the store besides its announcements (default SYNC_EVERY_MS, store/cool-down-sync.ts).
+   */
+  syncEveryMs?: number;
 }
 
 export type ReloadResult = { ok: true; version: string; changed: boolean } | { ok: false; problems: string[] };
@@ -44,16 +53,22 @@ export class Gateway implements ProxyContext {
   readonly logger: Logger;
   readonly limiter: Limiter;
   readonly tunnels: Tunnels;
+  readonly metrics: GatewayMetrics;
   /** The CA's leaf certificates, once an upstream is intercepted (loaded at start, or at the reload that first needs it). */
   leaves: LeafCertificates | undefined;
   /** Why the CA could not be had, while it cannot (intercepted CONNECTs answer 503 tls_unavailable). */
   private caProblem: string | undefined;
   private readonly storeConnected: Promise<void>;
+  /** Rule usage for /metrics and /status. */
+  private readonly usage: UsageReader;
+  /** The limit store is failing and store.onError applies. */
+  private readonly storeDegraded: () => boolean;
   private readonly scrubber: SecretScrubber;
   private readonly pools: PoolRegistry;
   private readonly credentials: CredentialRegistry;
   private readonly breakers: BreakerRegistry;
   private readonly pauses: PauseRegistry;
+  private readonly retryBudgets = new RetryBudgets();
   private readonly options: GatewayOptions;
   private readonly proxyServer: Server;
   private readonly adminServer: Server;
@@ -71,11 +86,20 @@ export class Gateway implements ProxyContext {
     const { store: storeConfig, listen } = loaded.config;
     // Secrets first: nothing may be logged before the scrubber knows them.
     this.scrubber.update(Policy.secretsOf(loaded.config));
-    const opened = openStore(storeConfig, this.logger);
+    const opened = openStore(storeConfig, this.logger, (store) => this.metrics.storeError(store));
     this.storeConnected = opened.connected;
+    this.storeDegraded = opened.degraded;
     this.limiter = new Limiter(opened.store, storeConfig.leaseTtl);
     this.pools = new PoolRegistry();
     this.tunnels = new Tunnels(listen.maxTunnels);
+    this.usage = new UsageReader(this.limiter, this.logger);
+    this.metrics = new GatewayMetrics({
+      policy: () => this.policy,
+      limiter: this.limiter,
+      usage: this.usage,
+      tunnels: () => this.tunnels.status(),
+      storeFallback: () => (opened.degraded() ? storeConfig.onError : undefined),
+    });
     this.credentials = new CredentialRegistry({
       store: opened.tokens,
       sealer: storeConfig.tokenKey === undefined ? plainSealer : aesSealer(storeConfig.tokenKey),
@@ -83,18 +107,22 @@ export class Gateway implements ProxyContext {
       logger: this.logger,
       learnSecret: (value) => this.scrubber.learn(value),
       storeReady: opened.connected,
+      onRefresh: (upstream, outcome) => this.metrics.credentialRefresh(upstream, outcome),
+      syncEveryMs: options.syncEveryMs,
     });
     this.breakers = new BreakerRegistry({
       store: opened.tokens,
       prefix: storeConfig.prefix,
       logger: this.logger,
       shared: storeConfig.type === 'redis',
+      syncEveryMs: options.syncEveryMs,
     });
     this.pauses = new PauseRegistry({
       store: opened.tokens,
       prefix: storeConfig.prefix,
       logger: this.logger,
       shared: storeConfig.type === 'redis',
+      syncEveryMs: options.syncEveryMs,
     });
     this.policy = new Policy(loaded, this.registries());
     for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
@@ -103,6 +131,9 @@ export class Gateway implements ProxyContext {
       adminRoutes({
         readiness: () => this.readiness(),
         status: () => this.status(),
+        tenantStatus: (tenant) => tenantStatus(this.policy, this.limiter, this.usage, tenant),
+        metrics: async () => ({ contentType: this.metrics.contentType, text: await this.metrics.text() }),
+        reload: (from) => this.reloadAction(from),
         refreshCredentials: (upstream, force, from) => refreshCredentials(this.policy, this.logger, upstream, force, from),
         adminToken: listen.adminToken,
         loopback: isLoopback(listen.admin.host),
@@ -151,13 +182,20 @@ export class Gateway implements ProxyContext {
     return this.adminServer.address() as AddressInfo;
   }
 
-  /** GET /status: what this instance runs, its tunnels, and the state of every upstream's credentials, circuit breakers and learned pauses. */
+  /**
+   * GET /status: what this instance runs, its store and tunnels, every upstream's limit usage and
+   * queue, each tenant's own limits, and the state of credentials, circuit breakers and learned pauses.
+   */
   async status(): Promise<Record<string, unknown>> {
     const policy = this.policy;
+    const store = policy.config.store;
+    const limits = await limitsStatus(policy, this.limiter, this.usage);
     return {
       version: policy.version,
       source: policy.source,
-      store: { type: policy.config.store.type },
+      store: store.type === 'memory' ? { type: store.type } : { type: store.type, onError: store.onError, fallback: this.storeDegraded() },
+      upstreams: limits.upstreams,
+      tenants: limits.tenants,
       tunnels: this.tunnels.status(),
       ...(this.leaves ? { tls: { ca: this.leaves.caPath, leaves: this.leaves.stats() } } : {}),
       ...(this.caProblem ? { tls: { error: this.caProblem } } : {}),
@@ -168,7 +206,7 @@ export class Gateway implements ProxyContext {
   }
 
   private registries(): Registries {
-    return { pools: this.pools, credentials: this.credentials, breakers: this.breakers, pauses: this.pauses };
+    return { pools: this.pools, credentials: this.credentials, breakers: this.breakers, pauses: this.pauses, retryBudgets: this.retryBudgets };
   }
 
   /**
@@ -209,10 +247,26 @@ export class Gateway implements ProxyContext {
    * Reloads run one at a time.
    */
   reload(): Promise<ReloadResult> {
-    const attempt = () => this.reloadNow().catch((err: unknown) => this.rejectReload([`reload failed: ${String(err)}`]));
+    const attempt = () =>
+      this.reloadNow()
+        .catch((err: unknown) => this.rejectReload([`reload failed: ${String(err)}`]))
+        .then((result) => {
+          this.metrics.reload(!result.ok ? 'failed' : result.changed ? 'ok' : 'unchanged');
+          return result;
+        });
     // A failed reload must not block the ones after it: the chain continues either way.
     this.reloading = this.reloading.then(attempt, attempt);
     return this.reloading;
+  }
+
+  /** POST /reload: the reload's result, logged as an audit event. */
+  private async reloadAction(from: string): Promise<ActionResult> {
+    const result = await this.reload();
+    this.logger.info(
+      { audit: 'config.reload', from, status: result.ok ? 200 : 422, outcome: result.ok ? (result.changed ? 'reloaded' : 'unchanged') : 'rejected' },
+      'admin action',
+    );
+    return result.ok ? { status: 200, body: { ...result } } : { status: 422, body: { ...result } };
   }
 
   private async reloadNow(): Promise<ReloadResult> {
@@ -254,6 +308,7 @@ export class Gateway implements ProxyContext {
     this.credentials.retainOnly(this.policy.credentialProviders());
     this.breakers.retainOnly(this.policy.breakerSets());
     this.pauses.retainOnly(this.policy.pauseSets());
+    this.retryBudgets.retainOnly(this.policy.retryBudgets());
     this.logger.info({ from: previous.version, to: loaded.version }, 'config reloaded');
     return { ok: true, version: loaded.version, changed: true };
   }

@@ -16,7 +16,7 @@ import { Router } from './routing/router.js';
 import { TenantDirectory } from './tenants/identify.js';
 import type { BreakerRegistry, BreakerSet } from './upstream/breaker.js';
 import type { PoolRegistry } from './upstream/pools.js';
-import { RetryPolicy } from './upstream/retry.js';
+import { RetryPolicy, type RetryBudget, type RetryBudgets } from './upstream/retry.js';
 
 export interface UpstreamProfile {
   readonly name: string;
@@ -52,12 +52,13 @@ export interface UpstreamProfile {
   readonly retry: RetryPolicy | undefined;
 }
 
-/** What outlives a policy: connection pools, credential providers, breakers, learned pauses. */
+/** What outlives a policy: connection pools, credential providers, breakers, learned pauses, retry budgets. */
 export interface Registries {
   pools: PoolRegistry;
   credentials: CredentialRegistry;
   breakers: BreakerRegistry;
   pauses: PauseRegistry;
+  retryBudgets: RetryBudgets;
 }
 
 export interface Route {
@@ -123,6 +124,11 @@ export class Policy {
     return new Set([...this.upstreams.values()].map((u) => u.pauses));
   }
 
+  /** The retry budgets this policy's upstreams count in (the registry forgets the others after a swap). */
+  retryBudgets(): Set<RetryBudget> {
+    return new Set([...this.upstreams.values()].flatMap((u) => (u.retry ? [u.retry.budget] : [])));
+  }
+
   /** The upstream whose match.hosts take this host ("host" or "host:port", lower case). */
   byHost(host: string): UpstreamProfile | undefined {
     return this.router.byHost(host);
@@ -173,7 +179,7 @@ function upstreamProfile(
   ca: string | undefined,
 ): UpstreamProfile {
   const target = up.target;
-  const { pools, credentials, breakers, pauses } = registries;
+  const { pools, credentials, breakers, pauses, retryBudgets } = registries;
   return {
     name,
     match: up.match,
@@ -201,7 +207,7 @@ function upstreamProfile(
     feedback: up.feedback,
     pauses: pauses.acquire(name),
     poolSize: up.credentials?.type === 'pool' ? up.credentials.tokens.length : undefined,
-    retry: up.retry && new RetryPolicy(up.retry),
+    retry: up.retry && new RetryPolicy(up.retry, retryBudgets.acquire(name, up.retry.budget)),
   };
 }
 

@@ -18,7 +18,7 @@ describe('admin listener', () => {
       expect(await ready.body.json()).toEqual({ status: 'ready' });
       const missing = await request(`${gw.adminUrl}/nope`);
       expect(missing.statusCode).toBe(404);
-      expect(await missing.body.json()).toMatchObject({ error: 'not_found', endpoints: ['/healthz', '/readyz', '/status', '/credentials/*'] });
+      expect(await missing.body.json()).toMatchObject({ error: 'not_found', endpoints: ['/healthz', '/readyz', '/metrics', '/status', '/status/*', '/reload', '/credentials/*'] });
 
       const slow = request(`${gw.proxyUrl}/a/slow/500`, { headers: { 'x-sluice-key': 'acme:acme-secret-key-1' } });
       await new Promise((r) => setTimeout(r, 100));

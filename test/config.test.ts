@@ -128,6 +128,12 @@ describe('secrets and timeouts', () => {
     expect(config.tenants?.b?.key).toBe('0123');
   });
 
+  it('refuses an empty adminToken (an unset ${VAR:-} would let an empty Bearer through)', () => {
+    expect(problemsOf('listen: { adminToken: "${ADMIN_TOKEN:-}" }\nupstreams: {}\n')).toEqual([
+      'routes.yaml:1 listen.adminToken: must not be empty (leave the key out to have no admin token)',
+    ]);
+  });
+
   it('refuses a headersTimeout longer than requestTimeout (Node would refuse to start)', () => {
     expect(problemsOf('listen: { requestTimeout: 5s }\nupstreams: {}\n')).toEqual([
       'routes.yaml:1 listen.headersTimeout: headersTimeout must not be longer than requestTimeout',

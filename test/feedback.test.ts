@@ -6,7 +6,7 @@
  */
 import { brotliCompressSync, deflateRawSync, deflateSync, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { decodedBody, pauseFromBody, pauseFromHeaders, timeIn, type BodyRule } from '../src/limits/feedback.js';
+import { decodedBody, pauseFromBody, pauseFromHeaders, reportedCounts, timeIn, type BodyRule } from '../src/limits/feedback.js';
 
 const NOW = Date.UTC(2024, 4, 3, 15, 0, 0); // 2024-05-03 15:00:00 UTC
 const HOUR = 3_600_000;
@@ -70,6 +70,32 @@ const BLOCKED: BodyRule = {
 function body(value: unknown): Buffer {
   return Buffer.from(JSON.stringify(value));
 }
+
+describe('reportedCounts', () => {
+  const cases: [string, Record<string, string | string[]>, { remaining: number; resetMs: number }[]][] = [
+    ['X-RateLimit-* (delta)', { 'x-ratelimit-remaining': '7', 'x-ratelimit-reset': '30' }, [{ remaining: 7, resetMs: 30_000 }]],
+    ['X-RateLimit-* (epoch s)', { 'x-ratelimit-remaining': '7', 'x-ratelimit-reset': epochS(NOW + HOUR) }, [{ remaining: 7, resetMs: HOUR }]],
+    ['RateLimit-Remaining/-Reset', { 'ratelimit-remaining': '3', 'ratelimit-reset': '2' }, [{ remaining: 3, resetMs: 2_000 }]],
+    ['IETF draft 6', { ratelimit: 'limit=100, remaining=12, reset=30' }, [{ remaining: 12, resetMs: 30_000 }]],
+    [
+      'IETF draft 7+: every policy with its t',
+      { ratelimit: '"hour";r=50;t=3000, "a,b;c";r=4;t=1' },
+      [
+        { remaining: 50, resetMs: 3_000_000 },
+        { remaining: 4, resetMs: 1_000 },
+      ],
+    ],
+    ['zero', { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': '5' }, [{ remaining: 0, resetMs: 5_000 }]],
+    ['repeated header: the first', { 'x-ratelimit-remaining': ['2', '1'], 'x-ratelimit-reset': '5' }, [{ remaining: 2, resetMs: 5_000 }]],
+    ['no reset: which window is unknown', { 'x-ratelimit-remaining': '7' }, []],
+    ['a reset already past', { 'x-ratelimit-remaining': '7', 'x-ratelimit-reset': epochS(NOW - HOUR) }, []],
+    ['none', { 'content-type': 'text/plain' }, []],
+    ['garbage', { 'x-ratelimit-remaining': '-1', 'x-ratelimit-reset': '5', 'ratelimit-remaining': '1e3', 'ratelimit-reset': '5', ratelimit: 'r=x;t=1' }, []],
+  ];
+  it.each(cases)('%s', (_name, headers, expected) => {
+    expect(reportedCounts(headers, NOW)).toEqual(expected);
+  });
+});
 
 describe('pauseFromBody', () => {
   it("pauses until BaseLinker's time, read in Europe/Warsaw (UTC+2 in May)", () => {

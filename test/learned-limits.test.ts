@@ -7,19 +7,17 @@
  * body error (gzipped too) pauses that pool token until the time in it while the pool moves on; over Redis a
  * pause learned by one gateway is honoured by another.
  */
-import { once } from 'node:events';
-import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { gzipSync } from 'node:zlib';
 import { request } from 'undici';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CoolDownSync } from '../src/store/cool-down-sync.js';
 import { PauseRegistry } from '../src/limits/pauses.js';
 import type { Logger } from '../src/observability/logger.js';
 import type { TokenStore } from '../src/store/tokens.js';
-import { startGateway, testConfig, type TestGateway } from './helpers/gateway.js';
+import { testConfig, type TestGateway } from './helpers/gateway.js';
 import { describeWithRedis, sharedRedis, type TestRedis } from './helpers/redis.js';
+import { firstOnly, scriptedUpstream, type Reply } from './helpers/scripted-upstream.js';
 import { until } from './helpers/wait.js';
 
 const KEY = { 'x-sluice-key': 'acme:acme-secret-key-1' };
@@ -43,82 +41,12 @@ async function get(gw: TestGateway, path: string): Promise<Answer> {
   return { status: res.statusCode, headers: res.headers, text, body };
 }
 
-type Reply = { status: number; headers?: OutgoingHttpHeaders; body?: string | Buffer };
-
-/** A fake upstream whose answer each test scripts; it records the path and X-BLToken of each request. */
-interface ScriptedUpstream {
-  url: string;
-  seen: { path: string; token: string | undefined }[];
-  answer: (req: IncomingMessage) => Reply;
-  close(): Promise<void>;
-}
-
-async function startScripted(): Promise<ScriptedUpstream> {
-  const up: Partial<ScriptedUpstream> & { seen: ScriptedUpstream['seen'] } = { seen: [], answer: () => ({ status: 200 }) };
-  const server: Server = createServer((req, res) => {
-    const token = req.headers['x-bltoken'];
-    up.seen.push({ path: req.url ?? '', token: Array.isArray(token) ? token[0] : token });
-    req.resume();
-    const reply = up.answer!(req);
-    const body = reply.body ?? '{"ok":true}';
-    res.writeHead(reply.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...reply.headers });
-    res.end(body);
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  up.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  up.close = async () => {
-    server.closeAllConnections();
-    server.close();
-    await once(server, 'close');
-  };
-  return up as ScriptedUpstream;
-}
-
-function upstreamConfig(name: string, target: string, extra = ''): string {
-  return `  ${name}:
-    match: { prefix: /${name} }
-    target: ${target}
-    allowPrivate: true
-${extra}`;
-}
-
-let up: ScriptedUpstream;
-let gateways: TestGateway[] = [];
-
-beforeAll(async () => {
-  up = await startScripted();
-});
-afterAll(async () => {
-  await up.close();
-});
-afterEach(async () => {
-  await Promise.all(gateways.map((g) => g.close()));
-  gateways = [];
-  up.seen.length = 0;
-  up.answer = () => ({ status: 200 });
-});
-
-async function start(yaml: string): Promise<TestGateway> {
-  const gw = await startGateway(yaml);
-  gateways.push(gw);
-  return gw;
-}
-
-/** Answers `first` to the first request on `path`, 200 after. */
-function once429(reply: Reply): (req: IncomingMessage) => Reply {
-  let sent = false;
-  return () => {
-    if (sent) return { status: 200 };
-    sent = true;
-    return reply;
-  };
-}
+const { up, start, upstreamYaml } = scriptedUpstream();
 
 describe('pauses learned from headers', () => {
   it('a 429 with Retry-After: 2 passes through marked, then the gateway refuses without the upstream until the pause ends', async () => {
-    const gw = await start(testConfig(upstreamConfig('api', up.url)));
-    up.answer = once429({ status: 429, headers: { 'retry-after': '2' }, body: '{"error":"slow down"}' });
+    const gw = await start(testConfig(upstreamYaml('api')));
+    up.answer = firstOnly({ status: 429, headers: { 'retry-after': '2' }, body: '{"error":"slow down"}' });
     const askedAt = Date.now();
     const limited = await get(gw, '/api/x');
     const learnedAt = Date.now();
@@ -150,7 +78,7 @@ describe('pauses learned from headers', () => {
 
   it('learns Retry-After as an HTTP-date, X-RateLimit-Remaining: 0 with a delta or epoch reset, and IETF RateLimit', async () => {
     const names = ['date', 'delta', 'epoch', 'ietf', 'ietf7', 'older'];
-    const gw = await start(testConfig(names.map((n) => upstreamConfig(n, up.url)).join('')));
+    const gw = await start(testConfig(names.map((n) => upstreamYaml(n)).join('')));
     const now = Date.now();
     const replies: Record<string, Reply> = {
       date: { status: 429, headers: { 'retry-after': new Date(now + 3_000).toUTCString() } },
@@ -176,8 +104,8 @@ describe('pauses learned from headers', () => {
   });
 
   it("a 429 without Retry-After gets the gateway's estimate (1 s) and pauses nothing", async () => {
-    const gw = await start(testConfig(upstreamConfig('api', up.url)));
-    up.answer = once429({ status: 429 });
+    const gw = await start(testConfig(upstreamYaml('api')));
+    up.answer = firstOnly({ status: 429 });
     const limited = await get(gw, '/api/x');
     expect(limited.status).toBe(429);
     expect(limited.headers['retry-after']).toBe('1');
@@ -187,7 +115,7 @@ describe('pauses learned from headers', () => {
 
   it('with onLimit: queue a request waits a pause out that ends within the queue time', async () => {
     const gw = await start(
-      testConfig(upstreamConfig('q', up.url, '    onLimit: { queue: 3s }\n') + upstreamConfig('short', up.url, '    onLimit: { queue: 200ms }\n')),
+      testConfig(upstreamYaml('q', '    onLimit: { queue: 3s }\n') + upstreamYaml('short', '    onLimit: { queue: 200ms }\n')),
     );
     up.answer = (req) => (req.url === '/first' ? { status: 429, headers: { 'retry-after': '1' } } : { status: 200 });
     expect((await get(gw, '/q/first')).status).toBe(429);
@@ -200,8 +128,8 @@ describe('pauses learned from headers', () => {
   });
 
   it('feedback.headers: false learns nothing', async () => {
-    const gw = await start(testConfig(upstreamConfig('api', up.url, '    feedback: { headers: false }\n')));
-    up.answer = once429({ status: 429, headers: { 'retry-after': '30' } });
+    const gw = await start(testConfig(upstreamYaml('api', '    feedback: { headers: false }\n')));
+    up.answer = firstOnly({ status: 429, headers: { 'retry-after': '30' } });
     expect((await get(gw, '/api/x')).headers['x-sluice-upstream-limited']).toBe('true');
     expect((await get(gw, '/api/x')).status).toBe(200);
   });
@@ -223,7 +151,7 @@ const BASELINKER_RULE = `    feedback:
 describe('feedback.body rules', () => {
   it('a BaseLinker blocked token is paused until the time in the body while the pool moves on; the client gets the 200 body', async () => {
     const gw = await start(
-      testConfig(upstreamConfig('bl', up.url, '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111, tok-b-2222] }\n' + BASELINKER_RULE)),
+      testConfig(upstreamYaml('bl', '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111, tok-b-2222] }\n' + BASELINKER_RULE)),
     );
     const blockedUntil = Date.now() + 3_000;
     const blocked = JSON.stringify({
@@ -261,7 +189,7 @@ describe('feedback.body rules', () => {
 
   it('a gzipped BaseLinker error is decoded to be read: the token is paused, the client gets the gzipped bytes unchanged', async () => {
     const gw = await start(
-      testConfig(upstreamConfig('bl', up.url, '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111, tok-b-2222] }\n' + BASELINKER_RULE)),
+      testConfig(upstreamYaml('bl', '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111, tok-b-2222] }\n' + BASELINKER_RULE)),
     );
     const blocked = JSON.stringify({
       status: 'ERROR',
@@ -289,9 +217,8 @@ describe('feedback.body rules', () => {
   it('with every token paused, 429 upstream_paused; bodies too large, not JSON or not matching pass untouched', async () => {
     const gw = await start(
       testConfig(
-        upstreamConfig(
+        upstreamYaml(
           'bl',
-          up.url,
           '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111] }\n' + BASELINKER_RULE.replace('body:', 'maxBodySize: 1kb\n      body:'),
         ),
       ),
@@ -385,10 +312,10 @@ await describeWithRedis('learned pauses across instances (Redis)', () => {
   });
 
   it('a pause learned by one gateway is honoured by the other within about a second', async () => {
-    const yaml = testConfig(upstreamConfig('api', up.url), `store: { type: redis, url: "${redis.url}", prefix: ${redis.prefix} }`);
+    const yaml = testConfig(upstreamYaml('api'), `store: { type: redis, url: "${redis.url}", prefix: ${redis.prefix} }`);
     const one = await start(yaml);
     const two = await start(yaml);
-    up.answer = once429({ status: 429, headers: { 'retry-after': '10' } });
+    up.answer = firstOnly({ status: 429, headers: { 'retry-after': '10' } });
     const learnedAt = Date.now();
     expect((await get(one, '/api/x')).status).toBe(429);
     expect((await get(one, '/api/x')).body.error).toBe('upstream_paused');
@@ -406,7 +333,7 @@ await describeWithRedis('learned pauses across instances (Redis)', () => {
 
   it('a pool token paused by a body rule on one gateway is skipped by the other', async () => {
     const yaml = testConfig(
-      upstreamConfig('bl', up.url, '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111, tok-b-2222] }\n' + BASELINKER_RULE),
+      upstreamYaml('bl', '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111, tok-b-2222] }\n' + BASELINKER_RULE),
       `store: { type: redis, url: "${redis.url}", prefix: ${redis.prefix} }`,
     );
     const one = await start(yaml);

@@ -4,15 +4,20 @@
  * Retry-After and the time left, within the retry budget, and every retry admitted by the limits.
  */
 import { createHash } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
+import { pino } from 'pino';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/config/load.js';
-import { RetryBudget } from '../src/upstream/retry.js';
+import { PauseRegistry } from '../src/limits/pauses.js';
+import { ResponseFeedback } from '../src/limits/learn.js';
+import { MemoryTokenStore } from '../src/store/memory-tokens.js';
+import { RetryBudget, RetryPolicy } from '../src/upstream/retry.js';
 import { startGateway, testConfig, type TestGateway } from './helpers/gateway.js';
 import { closedPort } from './helpers/raw.js';
 import { until } from './helpers/wait.js';
@@ -283,16 +288,23 @@ describe('retries', () => {
     expect(up.seen).toHaveLength(2);
   });
 
-  it('a retry the limits refuse ends the request with the refusal', async () => {
-    up = await scripted(() => ({ status: 503 }));
+  it("a retry the limits refuse leaves the client the upstream's answer it was to replace, not the refusal", async () => {
+    up = await scripted(() => ({ status: 503, headers: { 'retry-after': '0', 'x-upstream': 'yes' }, body: 'busy' }));
     const limits = `    limits:
       - { name: calls, rate: 1/min, burst: 1 }`;
     gw = await startGateway(testConfig(upstream(up.url, `{ on: [503], ${FAST} }`, limits)));
     const res = await send('/items');
-    expect(res.status).toBe(429);
-    expect(JSON.parse(res.text).error).toBe('rate_limited');
+    expect(res.status).toBe(503);
+    expect(res.text).toBe('busy');
+    expect(res.headers).toMatchObject({ 'retry-after': '0', 'x-upstream': 'yes' });
+    expect(res.headers['ratelimit-policy']).toBeDefined(); // the first attempt's admission headers, as it would have had them
     expect(up.seen).toHaveLength(1);
-    expect((await requestLogs(1))[0]).toMatchObject({ attempts: 2, retried: [503], limit: 'calls' });
+    // The retry was never sent: no second attempt counted.
+    const [line] = await requestLogs(1);
+    expect(line).toMatchObject({ status: 503, limit: 'calls', retryRefused: 'rate_limited' });
+    expect(line!.attempts).toBeUndefined();
+    expect(line!.retried).toBeUndefined();
+    expect(line!.error).toBeUndefined();
   });
 
   it('resends a small body (declared or chunked), and never retries a body over retry.maxBodySize', async () => {
@@ -337,6 +349,134 @@ describe('retries', () => {
     });
     expect(status).toBe(200);
     expect(up.seen.map((s) => s.body)).toEqual([`5:${sha(Buffer.from('hello'))}`, `5:${sha(Buffer.from('hello'))}`]);
+  });
+});
+
+describe('a retry decided but not sent', () => {
+  it('queues for the limits only within its time left (`within`), not the whole onLimit.queue', async () => {
+    // The first request on each path is answered 503, the next ones 200.
+    const paths = new Set<string>();
+    up = await scripted((_n, req) => (paths.has(req.url!) ? { status: 200 } : (paths.add(req.url!), { status: 503, body: `busy ${req.url}` })));
+    // One request per 3 s: the retry would be admitted after ~3 s, within the 5 s queue but past `within`.
+    const slow = `    onLimit: { queue: 5s }
+    limits:
+      - { name: slow, match: { path: /slow }, rate: 20/min, burst: 1 }
+      - { name: quick, match: { path: /quick }, rate: 2/s, burst: 1 }`;
+    gw = await startGateway(testConfig(upstream(up.url, `{ on: [503], within: 1s, ${FAST} }`, slow)));
+    const started = performance.now();
+    const refused = await send('/slow');
+    expect(performance.now() - started).toBeLessThan(1_500);
+    expect(refused.status).toBe(503);
+    expect(refused.text).toBe('busy /slow');
+    expect(up.seen).toHaveLength(1);
+    expect((await requestLogs(1))[0]).toMatchObject({ retryRefused: 'rate_limited', limit: 'slow' });
+
+    // A queue wait that ends within the time left is waited out.
+    const waited = await send('/quick');
+    expect(waited.status).toBe(200);
+    expect(waited.headers['x-sluice-attempts']).toBe('2');
+    expect(up.seen).toHaveLength(3);
+    expect(up.seen[2]!.at - up.seen[1]!.at).toBeGreaterThanOrEqual(400);
+  });
+
+  it('takes nothing from the retry budget when refused before it goes', async () => {
+    // /a is always busy and limited to one request a minute; /b is busy once.
+    let bFailed = false;
+    up = await scripted((_n, req) => {
+      if (req.url === '/a') return { status: 503 };
+      if (bFailed) return { status: 200 };
+      bFailed = true;
+      return { status: 503 };
+    });
+    // The budget holds one retry in the window (the floor), however few the requests.
+    const budget = 'budget: { ratio: 0.01, window: 10s, minPerSecond: 0.1 }';
+    const limits = `    limits:
+      - { name: a, match: { path: /a }, rate: 1/min, burst: 1 }`;
+    gw = await startGateway(testConfig(upstream(up.url, `{ on: [503], ${budget}, ${FAST} }`, limits)));
+    const a = await send('/a');
+    expect(a.status).toBe(503);
+    expect((await requestLogs(1))[0]).toMatchObject({ retryRefused: 'rate_limited' });
+    // The refused retry gave its place back: /b's retry still has it.
+    const b = await send('/b');
+    expect(b.status).toBe(200);
+    expect(b.headers['x-sluice-attempts']).toBe('2');
+    expect(up.seen).toHaveLength(3);
+  });
+
+  it("refused by a pause, the client gets the upstream's 429 marked, with the pause as Retry-After", async () => {
+    const limited = { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': '30' };
+    up = await scripted(() => ({ status: 429, headers: limited, body: '{"error":"slow down"}' }));
+    gw = await startGateway(testConfig(upstream(up.url, `{ on: [429], within: 2s, ${FAST} }`)));
+    const res = await send('/items');
+    expect(res.status).toBe(429);
+    expect(res.text).toBe('{"error":"slow down"}');
+    expect(res.headers).toMatchObject({ 'x-sluice-upstream-limited': 'true', 'retry-after': '30', 'x-ratelimit-remaining': '0' });
+    expect(up.seen).toHaveLength(1);
+    expect((await requestLogs(1))[0]).toMatchObject({ status: 429, retryRefused: 'upstream_paused' });
+  });
+
+  it("refused by the breaker, the client gets the upstream's 503; an answer too long to keep leaves the refusal", async () => {
+    const long = 'x'.repeat(100 * 1024);
+    up = await scripted((_n, req) => ({ status: 503, headers: { 'retry-after': '0' }, body: req.url === '/long' ? long : 'down' }));
+    gw = await startGateway(testConfig(upstream(up.url, `{ on: [503], ${FAST} }`, '    breaker: { failures: 1, cooldown: 30s }')));
+    const short = await send('/short');
+    expect(short.status).toBe(503);
+    expect(short.text).toBe('down');
+    expect((await requestLogs(1))[0]).toMatchObject({ status: 503, retryRefused: 'circuit_open' });
+
+    await gw.close();
+    gw = await startGateway(testConfig(upstream(up.url, `{ on: [503], ${FAST} }`, '    breaker: { failures: 1, cooldown: 30s }')));
+    const cut = await send('/long');
+    expect(cut.status).toBe(503);
+    expect(JSON.parse(cut.text).error).toBe('circuit_open');
+    expect(up.seen).toHaveLength(2);
+  });
+});
+
+describe('the retry budget across a reload', () => {
+  it('is kept when the budget settings stay, and starts afresh when they change', async () => {
+    up = await scripted(() => ({ status: 503 }));
+    // Half a retry per request, no floor: the 2nd and 4th requests (in one window) may be retried.
+    const config = (budget: string, extra = '') =>
+      testConfig(upstream(up!.url, `{ on: [503], attempts: 1, budget: { ${budget}, window: 60s, minPerSecond: 0 }, ${FAST} }`, extra));
+    gw = await startGateway(config('ratio: 0.5'));
+    for (let i = 0; i < 3; i++) await send('/items');
+    expect(up.seen).toHaveLength(4); // 3 requests, the 2nd retried
+
+    // A reload that changes something else (a limit) keeps the counts: the 4th request is retried.
+    writeFileSync(gw.configPath, config('ratio: 0.5', '    limits:\n      - { name: roomy, rate: 100/s, burst: 100 }'));
+    expect(await gw.gateway.reload()).toMatchObject({ ok: true, changed: true });
+    await send('/items');
+    expect(up.seen).toHaveLength(6);
+
+    // New budget settings: a budget of their own, empty (the first request is not retried).
+    writeFileSync(gw.configPath, config('ratio: 0.6'));
+    expect(await gw.gateway.reload()).toMatchObject({ ok: true, changed: true });
+    await send('/items');
+    expect(up.seen).toHaveLength(7);
+  });
+});
+
+describe('the learn stage', () => {
+  it('an answer that says nothing about limits costs no parse and no object; one that does is still read', () => {
+    const feedback = parseConfig(testConfig(upstream('https://api.example.com', '{}')), 'routes.yaml', {}).config.upstreams.api!.feedback;
+    const registry = new PauseRegistry({ store: new MemoryTokenStore(), prefix: 'test', logger: pino({ level: 'silent' }), shared: false });
+    const pauses = registry.acquire('api');
+    const lowered: number[] = [];
+    const ear = new ResponseFeedback(feedback, pauses, undefined, (counts) => lowered.push(...counts.map((c) => c.remaining)));
+    const plain = ear.started(200, { 'content-type': 'text/plain', 'content-length': '2' });
+    expect(ear.started(404, { 'retry-after': '5' })).toBe(plain); // Retry-After counts on a 429 or 503 only
+    expect(plain).toEqual({});
+    expect(Object.isFrozen(plain)).toBe(true);
+    expect(lowered).toEqual([]);
+    expect(pauses.leftMs(undefined)).toBe(0);
+
+    expect(ear.started(200, { 'x-ratelimit-remaining': '7', 'x-ratelimit-reset': '60' })).toBe(plain);
+    expect(lowered).toEqual([7]);
+    expect(ear.started(503, { 'retry-after': '5' })).toBe(plain);
+    expect(pauses.leftMs(undefined)).toBeGreaterThan(4_000);
+    expect(ear.started(429, {}).headers).toMatchObject({ 'x-sluice-upstream-limited': 'true' });
+    registry.close();
   });
 });
 
@@ -386,16 +526,51 @@ describe('the retry budget', () => {
   it('allows ratio × requests in the window, plus minPerSecond, and forgets what left the window', () => {
     let now = 0;
     const budget = new RetryBudget({ ratio: 0.5, window: 10_000, minPerSecond: 0 }, () => now);
+    const taken = (ticket: number | undefined) => ticket !== undefined;
     for (let i = 0; i < 4; i++) budget.request();
-    expect([budget.spend(), budget.spend(), budget.spend()]).toEqual([true, true, false]);
+    expect([budget.take(), budget.take(), budget.take()].map(taken)).toEqual([true, true, false]);
     now = 10_500; // every slot left the window
-    expect(budget.spend()).toBe(false);
+    expect(budget.take()).toBeUndefined();
     budget.request();
     budget.request();
-    expect(budget.spend()).toBe(true);
+    expect(budget.take()).toBeDefined();
 
     const floor = new RetryBudget({ ratio: 0.1, window: 10_000, minPerSecond: 0.2 }, () => 0);
-    expect([floor.spend(), floor.spend(), floor.spend()]).toEqual([true, true, false]);
+    expect([floor.take(), floor.take(), floor.take()].map(taken)).toEqual([true, true, false]);
+  });
+
+  it('a retry given back frees its place while its slot is in the window, and is forgotten after', () => {
+    let now = 0;
+    const budget = new RetryBudget({ ratio: 0.5, window: 10_000, minPerSecond: 0 }, () => now);
+    budget.request();
+    budget.request();
+    const ticket = budget.take()!;
+    expect(budget.take()).toBeUndefined();
+    now = 5_000; // the ticket's slot is still in the window
+    budget.giveBack(ticket);
+    expect(budget.take()).toBeDefined();
+    expect(budget.take()).toBeUndefined();
+
+    now = 20_000; // everything left the window: a late give-back must not make room out of nothing
+    budget.request();
+    budget.request();
+    const fresh = budget.take()!;
+    budget.giveBack(ticket);
+    expect(budget.take()).toBeUndefined();
+    budget.giveBack(fresh);
+    expect(budget.take()).toBeDefined();
+  });
+
+  it('a decision made while another is pending replaces it and gives its place back', () => {
+    const budget = new RetryBudget({ ratio: 0.5, window: 10_000, minPerSecond: 0 }, () => 0);
+    const config = parseConfig(testConfig(upstream('https://api.example.com', '{ on: [503] }')), 'routes.yaml', {}).config.upstreams.api!.retry!;
+    const run = new RetryPolicy(config, budget).begin('GET', {}, performance.now());
+    budget.request(); // two requests: room for one retry
+    expect(run.afterStatus(503, {})).toBeDefined();
+    expect(run.afterStatus(503, {})).toBeDefined(); // the first one's place, given back, is the second's
+    expect(budget.take()).toBeUndefined(); // one place taken, not two
+    run.refused();
+    expect(budget.take()).toBeDefined();
   });
 });
 

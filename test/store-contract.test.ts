@@ -7,7 +7,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../src/store/memory.js';
 import { RedisStore } from '../src/store/redis.js';
-import { StoreUnavailableError, type DecideRequest, type LimitStore, type StoreDecision, type StoreRule } from '../src/store/store.js';
+import { StoreUnavailableError, type DecideRequest, type LimitStore, type RuleOutcome, type StoreDecision, type StoreRule } from '../src/store/store.js';
 import { describeWithRedis, redisStoreFixture, type TestRedis } from './helpers/redis.js';
 import { relayTo, type Relay } from './helpers/relay.js';
 
@@ -125,6 +125,59 @@ function contract(backend: Backend): void {
     await store.renew([{ key: `${k}:c`, id: 'gone' }], 1000); // an unknown lease is not created
     now = T0 + 2999;
     expect(await one([c])).toEqual(outcome(true, 0, 0, 0));
+  });
+
+  it('peek: each rule read as it stands, nothing consumed', async () => {
+    const store = backend.store();
+    const r = rate(`${k}:r`, 10, 10_000, 5);
+    const q = quota(`${k}:q`, 3, HOUR);
+    const c = concurrency(`${k}:c`, 2);
+    const f = fairRate(`${k}:f`, 100, 1000, 10, 'a');
+    expect(await store.peek([r, q, c, f])).toEqual([outcome(true, 0, 5, 0), outcome(true, 0, 3, 2_800_000), outcome(true, 0, 2, 0), outcome(true, 0, 10, 0)]);
+    await decide([r, q, c, f]);
+    await decide([r, q, c, f]);
+    const peeked = await store.peek([r, q, c, f]);
+    expect(peeked).toEqual([outcome(true, 0, 3, 2000), outcome(true, 0, 1, 2_800_000), outcome(false, 0, 0, 0), outcome(true, 0, 8, 20)]);
+    expect(await store.peek([r, q, c, f])).toEqual(peeked); // a peek takes nothing
+    await decide([q]);
+    expect((await store.peek([q]))[0]).toEqual(outcome(false, 2_800_000, 0, 2_800_000));
+  });
+
+  it('peek and lower of a fair-shared rule while other tenants are active and waiting', async () => {
+    const store = backend.store();
+    const a = fairRate(`${k}:f`, 10, 1000, 3, 'a');
+    const b = fairRate(`${k}:f`, 10, 1000, 3, 'b', 2, 0.002);
+    for (let i = 0; i < 4; i++) await decide([a]); // a takes the burst; its fourth is refused
+    expect((await decide([b])).admitted).toBe(false); // b waits now
+    const [forA, forB] = [(await store.peek([a]))[0]!, (await store.peek([b]))[0]!];
+    expect(forA.ok).toBe(false);
+    expect(forB.ok).toBe(false);
+    now += 100; // one slot back: b's (it waits, behind its share); a, beyond its own, may not borrow it
+    expect((await store.peek([b]))[0]).toMatchObject({ ok: true, remaining: 1 });
+    expect((await store.peek([a]))[0]!.ok).toBe(false);
+    await store.lower([b], 0);
+    expect((await store.peek([b]))[0]!.ok).toBe(false);
+    expect((await decide([b])).admitted).toBe(false);
+  });
+
+  it('lower: rate and quota pulled down to what the upstream reports, never up; concurrency untouched', async () => {
+    const store = backend.store();
+    const r = rate(`${k}:r`, 10, 10_000, 5);
+    const q = quota(`${k}:q`, 100, HOUR);
+    const c = concurrency(`${k}:c`, 2);
+    const f = fairRate(`${k}:f`, 100, 1000, 10, 'a');
+    await decide([r, q, f]);
+    await store.lower([r, q, c, f], 2);
+    expect((await store.peek([r, q, c, f])).map((o) => o.remaining)).toEqual([2, 2, 2, 2]);
+    await store.lower([r, q, f], 3); // more than the state allows: nothing changes
+    expect((await store.peek([r, q, f])).map((o) => o.remaining)).toEqual([2, 2, 2]);
+    expect((await decide([r])).admitted).toBe(true);
+    expect((await decide([r])).admitted).toBe(true);
+    expect(await one([r])).toEqual(outcome(false, 1000, 0, 5000));
+    now += 1000; // a lowered bucket refills at its own rate
+    expect((await decide([r])).admitted).toBe(true);
+    await store.lower([q], 0);
+    expect((await one([q])).ok).toBe(false);
   });
 
   it('all admit or none consumes', async () => {
@@ -423,7 +476,7 @@ function redisOnly(ctx: () => { redis: TestRedis; store: RedisStore }): void {
       [fairRate(`${tag}:f`, 10, 1000, 3, 'b', 2, 0.002)],
     ];
     const held: { key: string; id: string }[] = [];
-    const seen = { admitted: 0, refused: 0, candidates: new Set<number>(), fairRefused: 0 };
+    const seen = { admitted: 0, refused: 0, candidates: new Set<number>(), fairRefused: 0, lowered: 0 };
     now = T0;
     for (let i = 0; i < 1500; i++) {
       now += Math.floor(random() * 60);
@@ -435,6 +488,15 @@ function redisOnly(ctx: () => { redis: TestRedis; store: RedisStore }): void {
       seen.candidates.add(a.candidate);
       if (rules[0]!.fair && !a.outcomes[0]!.ok) seen.fairRefused++;
       if (a.admitted && rules[1]?.kind === 'concurrency') held.push({ key: rules[1].keys[0]!, id: req.lease });
+      // Now and then a read (the status API's) and a lowering (an upstream's count), on both: the
+      // same answers, and the decisions after them stay the same.
+      const single = rules.flatMap((rule) => rule.keys.map((key) => ({ ...rule, keys: [key] })));
+      if (random() < 0.1) expectSamePeek(await store.peek(single), await memory.peek(single));
+      if (random() < 0.05) {
+        const remaining = Math.floor(random() * 4);
+        await Promise.all([memory.lower(single, remaining), store.lower(single, remaining)]);
+        seen.lowered++;
+      }
       if (held.length > 0 && random() < 0.3) {
         const lease = held.splice(Math.floor(random() * held.length), 1);
         await Promise.all([memory.release(lease), store.release(lease)]);
@@ -443,9 +505,10 @@ function redisOnly(ctx: () => { redis: TestRedis; store: RedisStore }): void {
     await memory.close();
     // The workload is worth its name: it admits and refuses, by fair share and by other rules.
     expect(seen.admitted).toBeGreaterThan(800);
-    expect(seen.fairRefused).toBeGreaterThan(100);
+    expect(seen.fairRefused).toBeGreaterThan(60);
     expect(seen.refused - seen.fairRefused).toBeGreaterThan(20);
     expect([...seen.candidates].sort()).toEqual([0, 1, 2]);
+    expect(seen.lowered).toBeGreaterThan(30);
   });
 
   it('fails fast with StoreUnavailableError while Redis hangs, and answers again when it resumes', async () => {
@@ -493,6 +556,10 @@ function expectSameDecision(actual: StoreDecision, expected: StoreDecision): voi
     expect(Math.abs(o.waitMs - e.waitMs)).toBeLessThanOrEqual(1e-6 * Math.max(1, e.waitMs));
     expect(Math.abs(o.resetMs - e.resetMs)).toBeLessThanOrEqual(1e-6 * Math.max(1, e.resetMs));
   });
+}
+
+function expectSamePeek(actual: readonly RuleOutcome[], expected: readonly RuleOutcome[]): void {
+  expectSameDecision({ admitted: true, candidate: 0, outcomes: [...actual] }, { admitted: true, candidate: 0, outcomes: [...expected] });
 }
 
 describe('RedisStore without a reachable Redis', () => {

@@ -331,7 +331,8 @@ export const configSchema = z.strictObject({
     .strictObject({
       proxy: address.default({ host: '127.0.0.1', port: 8080 }),
       admin: address.default({ host: '127.0.0.1', port: 9090 }),
-      adminToken: secret.optional(),
+      // An empty token (say `${ADMIN_TOKEN:-}` with the variable unset) would let `Bearer ` with nothing through.
+      adminToken: secret.refine((value) => value.length > 0, { error: 'must not be empty (leave the key out to have no admin token)' }).optional(),
       maxHeaderSize: size.default(16 * 1024),
       maxBodySize: size.default(32 * 1024 * 1024),
       headersTimeout: duration.default(10_000),

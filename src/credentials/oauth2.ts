@@ -39,6 +39,11 @@ const REVOKED_CHECK_MS = 5_000;
 /** The store unreachable: try again this soon. */
 const STORE_RETRY_MS = 1_000;
 
+/** What became of a refresh the gateway wanted (metrics): the token endpoint's answer, or the budget's refusal. */
+export type RefreshOutcome = 'ok' | 'failed' | 'throttled' | 'revoked' | 'refused_budget';
+
+const OUTCOME_OF_REPLY: Record<TokenReply['kind'], RefreshOutcome> = { token: 'ok', failed: 'failed', throttled: 'throttled', revoked: 'revoked' };
+
 export interface OAuth2Options {
   upstream: string;
   config: OAuth2Config;
@@ -51,6 +56,8 @@ export interface OAuth2Options {
   learnSecret(value: string): void;
   /** The first refresh waits for the store to connect (at start-up; resolved later on). */
   storeReady: Promise<void>;
+  /** Each refresh's outcome (metrics). */
+  onRefresh?: (outcome: RefreshOutcome) => void;
   clock?: () => number;
   random?: () => number;
 }
@@ -226,6 +233,7 @@ export class OAuth2Credential implements CredentialProvider {
         case 'blocked':
           throw this.paused(grant.retryAfterMs, 'refreshing is held off after the token endpoint failed or refused');
         case 'budget':
+          this.options.onRefresh?.('refused_budget');
           throw this.paused(grant.retryAfterMs, 'the refresh budget (refreshLimit) is used up');
         case 'locked':
           await sleep(Math.min(LOCK_POLL_MS, grant.retryAfterMs));
@@ -247,6 +255,7 @@ export class OAuth2Credential implements CredentialProvider {
     const { store, key, upstream, logger, config } = this.options;
     const reply = await requestToken(config);
     this.lastRefresh = { at: this.clock(), outcome: reply.kind, ...(reply.kind === 'failed' ? { detail: reply.detail } : {}) };
+    this.options.onRefresh?.(OUTCOME_OF_REPLY[reply.kind]);
     switch (reply.kind) {
       case 'token': {
         this.revoked = undefined; // a forced refresh may bring a revoked grant back

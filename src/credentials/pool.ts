@@ -2,12 +2,13 @@
  * A pool of static tokens on one header (BaseLinker's X-BLToken). Each request takes the member
  * the limits chose (the least loaded with room, when a rule counts per credential), or the members
  * in turn. A member the upstream answers 401 or 403 to is out of rotation for `coolDown` on every
- * instance (the store shares it; each instance looks every SYNC_EVERY_MS), and the pool carries on
- * with the rest; with every member out, requests get 503 until the first comes back.
+ * instance (the store shares it: the other instances read it as soon as the store announces it, and
+ * every SYNC_EVERY_MS besides, through the registry's CoolDownSync), and the pool carries on with
+ * the rest; with every member out, requests get 503 until the first comes back.
  */
 import { GatewayError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import { SYNC_EVERY_MS } from '../store/cool-down-sync.js';
+import type { CoolDownSource } from '../store/cool-down-sync.js';
 import type { TokenStore } from '../store/tokens.js';
 import { formatted, type Credential, type CredentialProvider, type CredentialStatus } from './provider.js';
 
@@ -24,21 +25,28 @@ export interface PoolOptions {
   clock?: () => number;
 }
 
-export class TokenPool implements CredentialProvider {
+export class TokenPool implements CredentialProvider, CoolDownSource {
   private readonly members: Credential[];
   /** Member → out of rotation until (local clock). */
   private readonly cooling = new Map<number, number>();
   private readonly rejections: number[];
   private readonly clock: () => number;
-  private readonly sync: NodeJS.Timeout;
   private turn = 0;
 
   constructor(private readonly options: PoolOptions) {
     this.members = options.tokens.map((t) => ({ header: options.header.toLowerCase(), value: formatted(options.format, t) }));
     this.rejections = this.members.map(() => 0);
     this.clock = options.clock ?? Date.now;
-    this.sync = setInterval(() => void this.learn(), SYNC_EVERY_MS).unref();
-    void this.learn();
+    // What the store has at once: members other instances took out before this pool was made.
+    options.store.cooling(options.key).then(
+      (coolDowns) => this.learn(coolDowns),
+      () => undefined, // the store is away: the registry's sync reads it again
+    );
+  }
+
+  /** The pool's cool-downs in the store (CoolDownSource). */
+  get key(): string {
+    return this.options.key;
   }
 
   check(): void {
@@ -107,17 +115,11 @@ export class TokenPool implements CredentialProvider {
   }
 
   close(): void {
-    clearInterval(this.sync);
+    // Nothing of its own to stop: the registry reads the store for every pool (CoolDownSync).
   }
 
-  /** Cool-downs started on other instances (and this one's, as the store has them). */
-  private async learn(): Promise<void> {
-    let shared: Map<number, number>;
-    try {
-      shared = await this.options.store.cooling(this.options.key);
-    } catch {
-      return; // the store is away: this instance keeps what it knows
-    }
+  /** Cool-downs started on other instances (and this one's, as the store has them): member → ms left. */
+  learn(shared: ReadonlyMap<number, number>): void {
     const now = this.clock();
     for (const [member, leftMs] of shared) {
       if (member < this.members.length && (this.cooling.get(member) ?? 0) < now + leftMs) this.cooling.set(member, now + leftMs);

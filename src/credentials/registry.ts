@@ -5,12 +5,15 @@
  * State in the store is keyed by what identifies the grant (token URL, client, refresh token,
  * scope; a pool's tokens), hashed: editing `refreshBefore` keeps the refresh budget counted, and
  * new credentials start afresh (a revoked grant stays revoked until its credentials change).
+ * Pool tokens other instances took out of rotation are read back for every pool at once, as the
+ * breakers' openings are (store/cool-down-sync.ts).
  */
 import { createHash } from 'node:crypto';
 import type { CredentialsConfig } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
+import { CoolDownSync } from '../store/cool-down-sync.js';
 import type { TokenStore } from '../store/tokens.js';
-import { OAuth2Credential } from './oauth2.js';
+import { OAuth2Credential, type RefreshOutcome } from './oauth2.js';
 import { TokenPool } from './pool.js';
 import { basicAuthorization, fixedCredential, formatted, type CredentialProvider } from './provider.js';
 import type { Sealer } from './seal.js';
@@ -25,12 +28,21 @@ export interface CredentialContext {
   learnSecret(value: string): void;
   /** Resolves when the store can answer (or start-up stops waiting for it). */
   storeReady: Promise<void>;
+  /** An OAuth2 refresh's outcome (metrics). */
+  onRefresh?: (upstream: string, outcome: RefreshOutcome) => void;
+  /** Tests only: how often pool cool-downs are read besides the store's announcements (default SYNC_EVERY_MS). */
+  syncEveryMs?: number | undefined;
 }
 
 export class CredentialRegistry {
   private providers = new Map<string, CredentialProvider>();
+  /** Pool members out of rotation on other instances (with the memory store, this one's own). */
+  private readonly sync: CoolDownSync;
 
-  constructor(private readonly context: CredentialContext) {}
+  constructor(private readonly context: CredentialContext) {
+    const { store, logger, prefix, syncEveryMs } = context;
+    this.sync = new CoolDownSync(store, logger, 'pool token cool-downs', () => this.pools(), prefix, syncEveryMs);
+  }
 
   /** The provider for an upstream's credentials block: the running one when the block is unchanged. */
   acquire(upstream: string, config: CredentialsConfig): CredentialProvider {
@@ -54,11 +66,16 @@ export class CredentialRegistry {
   }
 
   close(): void {
+    this.sync.close();
     this.retainOnly(new Set());
   }
 
+  private *pools(): Iterable<TokenPool> {
+    for (const provider of this.providers.values()) if (provider instanceof TokenPool) yield provider;
+  }
+
   private create(upstream: string, config: CredentialsConfig): CredentialProvider {
-    const { store, sealer, prefix, logger, learnSecret, storeReady } = this.context;
+    const { store, sealer, prefix, logger, learnSecret, storeReady, onRefresh } = this.context;
     // Keyed by the grant, not the upstream: two upstreams on one refresh token share its budget.
     const key = `{${prefix}:cred:${identity(config)}}`;
     switch (config.type) {
@@ -78,7 +95,17 @@ export class CredentialRegistry {
           logger,
         });
       case 'oauth2':
-        return new OAuth2Credential({ upstream, config, key, store, sealer, logger, learnSecret, storeReady });
+        return new OAuth2Credential({
+          upstream,
+          config,
+          key,
+          store,
+          sealer,
+          logger,
+          learnSecret,
+          storeReady,
+          ...(onRefresh ? { onRefresh: (outcome: RefreshOutcome) => onRefresh(upstream, outcome) } : {}),
+        });
     }
   }
 }

@@ -7,9 +7,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Tenant } from '../tenants/identify.js';
-import type { Lease, LimitStore, StoreDecision } from '../store/store.js';
+import type { Lease, LimitStore, RuleOutcome, StoreDecision } from '../store/store.js';
+import type { ReportedCount } from './feedback.js';
 import { WaitQueue, type Attempt } from './queue.js';
-import type { RuleSet, UpstreamLimits } from './rules.js';
+import type { LimitRule, RuleSet, RuleState, UpstreamLimits } from './rules.js';
+import { usageOf, type RuleUsage } from './usage.js';
 import { refusalOf, reportOf, type Refusal } from './verdict.js';
 
 export interface Admission {
@@ -23,6 +25,12 @@ export interface Admission {
   queuedMs: number;
   /** Ends the request's concurrency leases; safe to call more than once. */
   release(): void;
+  /**
+   * The upstream reported counts left (X-RateLimit-Remaining, RateLimit): the request's rules that
+   * speak for the same thing are pulled down to them in the store (see `countsFor`). `pooled`: the
+   * request carried a pool token, whose count the upstream reports. Fire and forget.
+   */
+  lowerTo(counts: readonly ReportedCount[], pooled: boolean): void;
 }
 
 export type Verdict = Admission | Refusal;
@@ -39,6 +47,8 @@ export interface AdmitRequest {
   outOfRotation?: (() => readonly number[] | undefined) | undefined;
   /** Aborts when the client leaves (asked for only when the request queues): it leaves the queue. */
   clientGone: () => AbortSignal;
+  /** The longest it may queue when less than onLimit.queue: a retry's time left (retry.within). */
+  maxWaitMs?: number | undefined;
 }
 
 /** The lease id of a request no concurrency rule counts (the store takes no lease for it). */
@@ -51,6 +61,7 @@ const NO_LIMITS: Admission = {
   shadowLimited: [],
   queuedMs: 0,
   release: () => undefined,
+  lowerTo: () => undefined,
 };
 
 export class Limiter {
@@ -78,22 +89,39 @@ export class Limiter {
     if (first.admitted || !onLimit) return first;
 
     const refusal = first;
+    const queueMs = Math.min(onLimit.queueMs, request.maxWaitMs ?? Infinity);
+    if (queueMs <= 0) return refusal;
     if (this.queue.sizeOf(request.limits.upstream) >= onLimit.maxQueue) return { ...refusal, code: 'queue_full' };
     // Hopeless: those ahead in the lane go first, one interval of the refusing rule each.
     const estimateMs = refusal.retryAfterMs + this.queue.ahead(set.key, request.rank) * refusal.intervalMs;
-    if (refusal.exactWaitMs !== undefined && estimateMs > onLimit.queueMs) return { ...refusal, retryAfterMs: Math.ceil(estimateMs) };
+    if (refusal.exactWaitMs !== undefined && estimateMs > queueMs) return { ...refusal, retryAfterMs: Math.ceil(estimateMs) };
 
     const enqueuedAt = performance.now();
     const result = await this.queue.wait({
       group: request.limits.upstream,
+      tenant: request.tenant.name,
       lane: set.key,
       rank: request.rank,
-      deadline: enqueuedAt + onLimit.queueMs,
+      deadline: enqueuedAt + queueMs,
       signal: request.clientGone(),
       attempt,
     });
     const verdict = result.value ?? refusal;
-    return verdict.admitted ? { ...verdict, queuedMs: performance.now() - enqueuedAt } : verdict;
+    // Either way the wait is the request's (metrics: queue wait, and queue_timeout for a refusal).
+    return { ...verdict, queuedMs: performance.now() - enqueuedAt };
+  }
+
+  /** Requests waiting now on this instance: upstream → tenant → count (the status API and the metrics). */
+  queueDepths(): Map<string, Map<string, number>> {
+    return this.queue.depths();
+  }
+
+  /**
+   * The usage now of states of one upstream's rules (UpstreamLimits.sharedStates, tenantStates),
+   * read in one store call, consuming nothing. Throws StoreUnavailableError when the store is down.
+   */
+  usage(states: readonly RuleState[]): Promise<RuleUsage[]> {
+    return usageOf(this.store, states);
   }
 
   async close(): Promise<void> {
@@ -123,12 +151,24 @@ export class Limiter {
     }
     if (leases.length > 0) this.held.set(lease, leases);
     const report = reportOf(set, decision.outcomes);
+    const admittedAt = performance.now();
     return {
       admitted: true,
       credential: set.candidates > 1 ? decision.candidate : undefined,
       headers: report.headers,
       shadowLimited: report.shadowLimited,
       queuedMs: 0,
+      lowerTo: (counts, pooled) => {
+        const elapsedMs = performance.now() - admittedAt;
+        set.rules.forEach((rule, i) => {
+          const remaining = countFor(rule, decision.outcomes[i]!, counts, pooled, elapsedMs);
+          if (remaining === undefined) return;
+          const store = set.storeRules[i]!;
+          const key = store.keys[store.keys.length > 1 ? decision.candidate : 0]!;
+          // A store that cannot answer now misses one hint; the next response brings another.
+          this.store.lower([{ ...store, keys: [key] }], remaining).catch(() => undefined);
+        });
+      },
       release: () => {
         if (!this.held.delete(lease)) return;
         this.store.release(leases).then(
@@ -143,4 +183,27 @@ export class Limiter {
     if (this.held.size === 0) return;
     await this.store.renew([...this.held.values()].flat(), this.leaseTtlMs);
   }
+}
+
+/**
+ * What an upstream's reported counts mean for one rule of an admitted request: the count to pull it
+ * down to, or undefined to leave it. A count speaks for a rule when
+ * - the rule is an enforced rate or quota rule that counts what the upstream counts: per credential
+ *   when the request carried a pool token (one token's count says nothing of the pool's sum), per
+ *   upstream otherwise (the upstream knows no tenants, and concurrency is not a count of this kind);
+ * - the count's window lasts at least as long as the rule needs to recover: a rate rule's time to
+ *   refill its burst, a quota's period left. A count of a shorter window (a per-second limit
+ *   reporting 0) must not empty a longer one (a daily quota) until long after the upstream forgot;
+ * - and it is below what the rule counted left when it admitted the request (still in the same
+ *   quota period: a period that ended since has a fresh count the old answer says nothing about).
+ */
+function countFor(rule: LimitRule, outcome: RuleOutcome, counts: readonly ReportedCount[], pooled: boolean, elapsedMs: number): number | undefined {
+  if (rule.shadow || rule.kind === 'concurrency' || rule.per !== (pooled ? 'credential' : 'upstream')) return undefined;
+  const recoverMs = rule.kind === 'rate' ? rule.burst * rule.intervalMs : outcome.resetMs - elapsedMs;
+  if (recoverMs <= 0) return undefined;
+  let least: number | undefined;
+  for (const count of counts) {
+    if (count.resetMs >= recoverMs && count.remaining < outcome.remaining && (least === undefined || count.remaining < least)) least = count.remaining;
+  }
+  return least;
 }

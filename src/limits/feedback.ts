@@ -61,6 +61,39 @@ export function pauseFromHeaders(status: number, headers: ResponseHeaders, nowMs
   return undefined;
 }
 
+/** A count the upstream reports: this many requests left until its window resets, in ms from now. */
+export interface ReportedCount {
+  remaining: number;
+  resetMs: number;
+}
+
+/**
+ * The counts the upstream reports, each with its reset: X-RateLimit-Remaining with
+ * X-RateLimit-Reset, RateLimit-Remaining with RateLimit-Reset, IETF RateLimit (draft 6 and before
+ * `remaining=N, reset=S`; draft 7 on every policy's `r` with its `t`). A count without a usable
+ * reset says nothing about which window it is, and is left out; so is garbage.
+ */
+export function reportedCounts(headers: ResponseHeaders, nowMs: number): ReportedCount[] {
+  const counts: ReportedCount[] = [];
+  const take = (remaining: string | undefined, reset: string | undefined) => {
+    if (remaining === undefined || !/^\s*\d{1,12}\s*$/.test(remaining)) return;
+    const ms = resetMs(reset, nowMs);
+    if (ms !== undefined && ms > 0) counts.push({ remaining: Number(remaining), resetMs: ms });
+  };
+  take(first(headers['x-ratelimit-remaining']), first(headers['x-ratelimit-reset']));
+  take(first(headers['ratelimit-remaining']), first(headers['ratelimit-reset']));
+  const ietf = first(headers.ratelimit);
+  if (ietf !== undefined) {
+    const items = policyItems(ietf);
+    if (items.some((p) => p.has('r'))) for (const p of items) take(p.get('r'), p.get('t'));
+    else {
+      const legacy = ietfRateLimit(ietf);
+      take(legacy?.remaining, legacy?.reset);
+    }
+  }
+  return counts;
+}
+
 /** Retry-After: delta seconds or an HTTP-date (RFC 9110 §10.2.3). */
 export function retryAfterMs(value: string | undefined, nowMs: number): number | undefined {
   if (value === undefined) return undefined;
@@ -88,8 +121,7 @@ export function resetMs(value: string | undefined, nowMs: number): number | unde
  */
 function ietfRateLimit(value: string | undefined): { remaining: string | undefined; reset: string | undefined } | undefined {
   if (value === undefined) return undefined;
-  // Quoted names may hold commas and semicolons: blank them before splitting into items and parameters.
-  const items = value.replace(/"(?:[^"\\]|\\.)*"?/g, '""').split(',').map(parameters);
+  const items = policyItems(value);
   const policies = items.filter((p) => p.has('r') || p.has('t'));
   if (policies.length > 0) {
     let reset: string | undefined;
@@ -105,6 +137,12 @@ function ietfRateLimit(value: string | undefined): { remaining: string | undefin
     if (m && !params.has(m[1]!.toLowerCase())) params.set(m[1]!.toLowerCase(), m[2]!);
   }
   return { remaining: params.get('remaining'), reset: params.get('reset') };
+}
+
+/** A structured-field list's items, each as its parameters. */
+function policyItems(value: string): Map<string, string>[] {
+  // Quoted names may hold commas and semicolons: blank them before splitting into items and parameters.
+  return value.replace(/"(?:[^"\\]|\\.)*"?/g, '""').split(',').map(parameters);
 }
 
 /** An item's `key=value` parameters (its first value each). */

@@ -2,9 +2,9 @@
  * Pauses learned from the upstream's answers (feedback.ts): the whole upstream, or one pool token,
  * takes no requests until a time the upstream named. The instance that learns a pause keeps it at
  * once and writes it to the token store's cool-down hash under `{prefix:pause:<upstream>}` (member
- * -1: the whole upstream; 0, 1, ...: pool tokens), as breaker openings are shared; every instance
- * reads that hash every SYNC_EVERY_MS (store.type redis), so a pause reaches them all within about a
- * second. With the memory store pauses are this instance's. Durations cross the store, never
+ * -1: the whole upstream; 0, 1, ...: pool tokens), as breaker openings are shared; the store
+ * announces the write and every instance reads the hash as soon as it hears (store.type redis), and
+ * every SYNC_EVERY_MS besides (store/cool-down-sync.ts). With the memory store pauses are this instance's. Durations cross the store, never
  * timestamps, so instances with skewed clocks agree.
  *
  * Pauses are kept per upstream name across reloads: a reload must not forget that the upstream said
@@ -26,6 +26,8 @@ export interface PauseContext {
   logger: Logger;
   /** Share pauses through the store (store.type redis). */
   shared: boolean;
+  /** Tests only: how often the store is read besides its announcements (default SYNC_EVERY_MS). */
+  syncEveryMs?: number | undefined;
   clock?: () => number;
 }
 
@@ -35,7 +37,7 @@ export class PauseRegistry {
 
   constructor(private readonly context: PauseContext) {
     // Pauses other instances learned (and this one's, which change nothing).
-    if (context.shared) this.sync = new CoolDownSync(context.store, context.logger, 'learned pauses', () => this.sets.values());
+    if (context.shared) this.sync = new CoolDownSync(context.store, context.logger, 'learned pauses', () => this.sets.values(), context.prefix, context.syncEveryMs);
   }
 
   /** The pauses of an upstream (the running ones, when it had some before a reload). */

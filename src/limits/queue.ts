@@ -31,6 +31,8 @@ export type QueueResult<T> = { outcome: 'admitted'; value: T } | { outcome: 'tim
 export interface WaitOptions<T> {
   /** What the waiters are counted under for a queue bound (the upstream). */
   group: string;
+  /** Whose request it is, for queue depths by tenant ("" when unsaid). */
+  tenant?: string;
   lane: string;
   rank: number;
   /** performance.now() after which the waiter gives up. */
@@ -73,6 +75,20 @@ export class WaitQueue<T> {
   /** Requests waiting on this instance in one group. */
   sizeOf(group: string): number {
     return this.waitingByGroup.get(group) ?? 0;
+  }
+
+  /** Waiters now by group and tenant; walks every waiter, so it is for scrapes, not the hot path. */
+  depths(): Map<string, Map<string, number>> {
+    const depths = new Map<string, Map<string, number>>();
+    for (const lane of this.lanes.values()) {
+      for (const { options } of lane.waiters) {
+        const byTenant = depths.get(options.group) ?? new Map<string, number>();
+        const tenant = options.tenant ?? '';
+        byTenant.set(tenant, (byTenant.get(tenant) ?? 0) + 1);
+        depths.set(options.group, byTenant);
+      }
+    }
+    return depths;
   }
 
   /** How many waiters of `lane` would go before a new one of rank `rank`. */

@@ -87,7 +87,48 @@ export class UpstreamLimits {
     }
     return set;
   }
+
+  /**
+   * The states of the rules every tenant meets, one key each, for reading them (status, metrics):
+   * the upstream-wide and per-credential rules, a fair-shared one as `viewer` finds it (without a
+   * viewer, as a newcomer would).
+   */
+  sharedStates(viewer: Tenant = NOBODY): RuleState[] {
+    return this.rules.filter((rule) => rule.per !== 'tenant').flatMap((rule) => this.statesOf(rule, viewer));
+  }
+
+  /**
+   * Each tenant's state of every per-tenant rule, one key each. All of them share the upstream's
+   * hash tag, so one store call can read every tenant's.
+   */
+  tenantStates(tenants: readonly Tenant[]): RuleState[] {
+    const perTenant = this.rules.filter((rule) => rule.per === 'tenant');
+    return tenants.flatMap((tenant) => perTenant.flatMap((rule) => this.statesOf(rule, tenant)));
+  }
+
+  private statesOf(rule: LimitRule, tenant: Tenant): RuleState[] {
+    const whole = storeRule(rule, tenant, this.candidates);
+    return whole.keys.map((key, i) => ({
+      rule,
+      store: { ...whole, keys: [key] },
+      tenant: rule.per === 'tenant' ? tenant.name : undefined,
+      credential: rule.per === 'credential' ? i : undefined,
+    }));
+  }
 }
+
+/** One state of a rule as the store keeps it: the rule's single key for a tenant or a pool member. */
+export interface RuleState {
+  readonly rule: LimitRule;
+  readonly store: StoreRule;
+  /** The tenant whose state this is (a rule per tenant), else undefined. */
+  readonly tenant: string | undefined;
+  /** The pool member whose state this is (a rule per credential), else undefined. */
+  readonly credential: number | undefined;
+}
+
+/** A fair-shared rule read without a tenant: its shared bucket, as a newcomer would find it. */
+const NOBODY: Tenant = { name: '', weight: 1 };
 
 function applies(rule: LimitRule, method: string, path: string): boolean {
   return (rule.methods === undefined || rule.methods.has(method)) && (rule.path === undefined || rule.path.test(path));

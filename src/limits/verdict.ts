@@ -23,6 +23,8 @@ export interface Refusal {
   /** Exact, or undefined when room comes when a request in flight ends (concurrency). */
   exactWaitMs: number | undefined;
   headers: Record<string, string>;
+  /** ms the request waited in the queue before this refusal (queue_timeout); absent when refused at once. */
+  queuedMs?: number;
 }
 
 /** Shadow rules that would have refused, and the headers for the forwarded response. */

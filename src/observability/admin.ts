@@ -1,8 +1,11 @@
 /**
- * The admin listener (`listen.admin`): health for orchestrators, the status API, and the admin
- * actions. Routes are a table of paths (a key ending in "/" takes every path under it), so each
- * feature adds its own entry. Actions (POST) need `listen.adminToken` as a Bearer token when one
- * is configured, and are refused without one unless the listener is on loopback.
+ * The admin listener (`listen.admin`): health for orchestrators, Prometheus metrics, the status
+ * API, and the admin actions. Routes are a table of paths (a key ending in "/" takes every path
+ * under it), so each feature adds its own entry. Actions (POST) need `listen.adminToken` as a
+ * Bearer token when one is configured, and are refused without one unless the listener is on
+ * loopback. Reads (health, /metrics, /status) are open to whoever reaches the admin listener:
+ * Prometheus must scrape without a token, the listener is an operator-only address, and nothing
+ * they show is a secret.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -26,6 +29,12 @@ export interface AdminContext {
   readiness(): Readiness;
   /** GET /status. */
   status(): Promise<Record<string, unknown>>;
+  /** GET /status/tenants/<tenant>; undefined for a tenant the config does not name. */
+  tenantStatus(tenant: string): Promise<Record<string, unknown> | undefined>;
+  /** GET /metrics: the Prometheus text exposition. */
+  metrics(): Promise<{ contentType: string; text: string }>;
+  /** POST /reload; the context logs it as an audit event. */
+  reload(from: string): Promise<ActionResult>;
   /** POST /credentials/<upstream>/refresh[?force=true]; the context logs it as an audit event. */
   refreshCredentials(upstream: string, force: boolean, from: string): Promise<ActionResult>;
   /** listen.adminToken, if configured. */
@@ -50,7 +59,36 @@ export function adminRoutes(ctx: AdminContext): Map<string, AdminHandler> {
         sendJson(res, ready ? 200 : 503, ready ? { status: 'ready' } : { status: 'not_ready', reasons });
       },
     ],
+    [
+      '/metrics',
+      async (req, res) => {
+        if (!allowed(req, res, 'GET')) return;
+        const { contentType, text } = await ctx.metrics();
+        res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-store' });
+        res.end(text);
+      },
+    ],
     ['/status', async (req, res) => (allowed(req, res, 'GET') ? sendJson(res, 200, await ctx.status()) : undefined)],
+    [
+      '/status/',
+      async (req, res, path) => {
+        const match = /^\/status\/tenants\/([^/]+)$/.exec(path);
+        if (!match) return sendJson(res, 404, { error: 'not_found', message: 'use GET /status or GET /status/tenants/<tenant>' });
+        if (!allowed(req, res, 'GET')) return;
+        const status = await ctx.tenantStatus(decodedOrRaw(match[1]!));
+        // The name asked for is not repeated: a client may have put a key where the name goes.
+        if (!status) return sendJson(res, 404, { error: 'unknown_tenant', message: 'the config names no such tenant; GET /status lists them' });
+        sendJson(res, 200, status);
+      },
+    ],
+    [
+      '/reload',
+      async (req, res) => {
+        if (!allowed(req, res, 'POST') || !authorized(ctx, req, res)) return;
+        const result = await ctx.reload(req.socket.remoteAddress ?? '');
+        sendJson(res, result.status, result.body, result.headers);
+      },
+    ],
     [
       '/credentials/',
       async (req, res, path) => {

@@ -7,10 +7,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Credential, CredentialProvider } from '../credentials/provider.js';
 import { ResponseFeedback } from '../limits/learn.js';
+import type { Admission } from '../limits/admit.js';
 import type { Logger } from '../observability/logger.js';
 import type { UpstreamProfile } from '../policy.js';
 import type { Trial } from '../upstream/breaker.js';
-import { forward, type ResponseListener, type UpstreamRequest } from '../upstream/forward.js';
+import { forward, type KeptAnswer, type ResponseListener, type UpstreamRequest } from '../upstream/forward.js';
 import { upstreamRequestHeaders } from '../upstream/headers.js';
 import type { RetryRun } from '../upstream/retry.js';
 import { keepBody, requestBody } from './body.js';
@@ -29,6 +30,8 @@ export interface Attempt {
   trial: Trial | undefined;
   /** The admission's headers for the client (RateLimit, X-Sluice-Shadow-Limit). */
   responseHeaders: Record<string, string>;
+  /** The admission's: pulls its limits down to the counts the upstream reports. */
+  lowerTo: Admission['lowerTo'];
   retries: RetryRun | undefined;
 }
 
@@ -38,6 +41,7 @@ export interface Attempt {
  */
 export async function sendAttempt(attempt: Attempt): Promise<number | undefined> {
   const { req, res, upstream, credentials, credential, trial, retries } = attempt;
+  retries?.sending(); // a retry counts (attempts, the log) once it goes, not when decided
   let waitMs: number | undefined;
   let answered = false;
   try {
@@ -60,7 +64,7 @@ export async function sendAttempt(attempt: Attempt): Promise<number | undefined>
         // learn: a 401 makes an OAuth2 token suspect, a 401/403 takes a pool token out of rotation,
         // a 5xx counts against the circuit breaker, and a pause the upstream asks for pauses the token
         // (or the upstream) everywhere; retried answers teach the same.
-        listener: learner(upstream, attempt.member, (status) => {
+        listener: learner(attempt, (status) => {
           answered = true;
           trial?.answered(status);
           if (credential) credentials!.answered(credential, status);
@@ -70,13 +74,24 @@ export async function sendAttempt(attempt: Attempt): Promise<number | undefined>
       },
       res,
     );
-    return intercepted && waitMs;
+    if (!intercepted) return undefined;
+    retries!.keep(intercepted.answer); // the client's answer, should the retry be refused
+    return waitMs;
   } catch (err) {
     waitMs = retries?.afterError(err, answered || res.headersSent);
     if (waitMs === undefined) throw err;
     trial?.failed(err); // a connection failure or timeout counts against the breaker, retried or not
     return waitMs;
   }
+}
+
+/**
+ * A retry was refused before it went: the client gets the answer it was to replace, as it would
+ * have had it then (kept whole by forward.ts), rather than the gateway's refusal.
+ */
+export function replayAnswer(res: ServerResponse, answer: KeptAnswer): void {
+  res.writeHead(answer.status, answer.headers);
+  res.end(answer.body);
 }
 
 /**
@@ -103,8 +118,8 @@ export async function firstBody(
 }
 
 /** The learn stage's listener of the response: `answered` hears the status; pauses are learned from status, headers and body. */
-function learner(upstream: UpstreamProfile, member: number | undefined, answered: (status: number) => void): ResponseListener {
-  const feedback = new ResponseFeedback(upstream.feedback, upstream.pauses, member);
+function learner(attempt: Attempt, answered: (status: number) => void): ResponseListener {
+  const feedback = new ResponseFeedback(attempt.upstream.feedback, attempt.upstream.pauses, attempt.member, attempt.lowerTo);
   return {
     started: (status, headers) => {
       answered(status);

@@ -12,6 +12,7 @@ import { isIPv4, isIPv6, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { GatewayError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import type { GatewayMetrics } from '../observability/metrics.js';
 import { routeConnect, type Policy, type UpstreamProfile } from '../policy.js';
 import { isHostName } from '../routing/hostname.js';
 import type { LeafCertificates } from '../tls/leaf.js';
@@ -25,6 +26,8 @@ import type { Tunnels } from './tunnels.js';
 export interface ConnectContext {
   readonly policy: Policy;
   readonly logger: Logger;
+  /** Counts refused CONNECTs (the requests inside an intercepted tunnel are the pipeline's). */
+  readonly metrics: Pick<GatewayMetrics, 'refused'>;
   readonly tunnels: Tunnels;
   /** True once shutdown began: no new tunnels. */
   readonly draining: boolean;
@@ -90,6 +93,7 @@ export async function handleConnect(ctx: ConnectContext, req: IncomingMessage, s
     const failure = asGatewayError(err);
     record.error = failure.code;
     record.status = failure.status;
+    ctx.metrics.refused(record.upstream, record.tenant, failure.code);
     if (failure.code === 'internal_error') ctx.logger.error({ err: failure.cause ?? failure }, 'CONNECT failed inside the gateway');
     respondOnSocket(socket, failure);
   }

@@ -13,17 +13,18 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { CredentialProvider } from '../credentials/provider.js';
-import { GatewayError } from '../errors.js';
+import { GatewayError, type ErrorCode } from '../errors.js';
 import type { Admission, Limiter } from '../limits/admit.js';
 import { priorityRank, QueueAbortedError } from '../limits/queue.js';
 import type { Refusal } from '../limits/verdict.js';
 import { loggablePath, type Logger } from '../observability/logger.js';
+import type { GatewayMetrics } from '../observability/metrics.js';
 import type { Policy, UpstreamProfile } from '../policy.js';
 import type { Tenant } from '../tenants/identify.js';
 import type { Trial } from '../upstream/breaker.js';
 import { ClientGoneError, type UpstreamRequest } from '../upstream/forward.js';
 import type { RetryRun } from '../upstream/retry.js';
-import { firstBody, sendAttempt } from './attempt.js';
+import { firstBody, replayAnswer, sendAttempt } from './attempt.js';
 import { intake, type TunnelOrigin } from './intake.js';
 import { asGatewayError, respondWithError } from './respond.js';
 
@@ -32,6 +33,8 @@ export interface PipelineContext {
   readonly policy: Policy;
   readonly logger: Logger;
   readonly limiter: Limiter;
+  /** Told of every request once it ends (the counters and histograms of /metrics). */
+  readonly metrics: Pick<GatewayMetrics, 'request' | 'refused'>;
 }
 
 /** What the request's log line says; filled in as the stages learn it. */
@@ -42,7 +45,7 @@ interface RequestRecord {
   path: string;
   tenant?: string;
   upstream?: string;
-  error?: string;
+  error?: ErrorCode;
   /** The limit rule that refused, or the shadow rules that would have. */
   limit?: string;
   shadowLimited?: string[];
@@ -53,6 +56,8 @@ interface RequestRecord {
   sentAt?: number;
   /** The request's retries (attempts, and the outcomes retried). */
   retries?: RetryRun | undefined;
+  /** Why a retry was not sent after all (the client got the answer it was to replace). */
+  retryRefused?: ErrorCode;
 }
 
 /** `tunnel`: the request came inside an intercepted CONNECT tunnel, which established its host and tenant. */
@@ -82,7 +87,8 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
       // paused: the upstream (or every pool token) asked for a pause; wait it out within the queue time, or 429.
       // A retry waits out a pause that ends within its time left (the upstream's Retry-After made it).
       await pausedFor(upstream, trial, clientGone, retries ? retries.leftMs() : (upstream.limits.onLimit?.queueMs ?? 0));
-      const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record, trial, clientGone);
+      // A retry queues for the limits only within its time left, not the whole onLimit.queue.
+      const admission = await admit(ctx.limiter, req, res, upstream, tenant, rulePath, record, trial, clientGone, retries?.leftMs());
       const credential = await credentials?.next(admission.credential, union(trial?.refusing(), upstream.pauses.members()));
       const member = credential && credentials?.memberOf?.(credential);
       trial?.use(member);
@@ -93,7 +99,7 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
       }
       record.sentAt ??= performance.now();
       // forward → learn; or, for an answer or failure worth another attempt, the wait before it.
-      const waitMs = await sendAttempt({ req, res, upstream, path, body, credentials, credential, member, trial, responseHeaders: admission.headers, retries });
+      const waitMs = await sendAttempt({ req, res, upstream, path, body, credentials, credential, member, trial, responseHeaders: admission.headers, lowerTo: admission.lowerTo, retries });
       if (waitMs === undefined) break;
       // The attempt is over: its breaker trial and its admission end before the wait, not after it.
       trial?.end();
@@ -103,9 +109,15 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
     }
   } catch (err) {
     trial?.failed(err); // a connection failure or timeout counts against the breaker
+    // A retry refused before it went gives its budget place back; the answer it was to replace, if
+    // kept, is the client's rather than the refusal (a 503 with its Retry-After says more).
+    const replaced = record.retries?.refused();
     if (err instanceof ClientGoneError || err instanceof QueueAbortedError || req.socket.destroyed) {
       record.clientGone = true; // nobody left to answer; a half-closed connection is not kept waiting
       res.destroy();
+    } else if (replaced && err instanceof GatewayError) {
+      record.retryRefused = err.code;
+      replayAnswer(res, replaced);
     } else {
       const failure = asGatewayError(err);
       record.error = failure.code;
@@ -117,7 +129,7 @@ export async function handleRequest(ctx: PipelineContext, req: IncomingMessage, 
   }
   trial?.end();
   // One line per request, once the response is done with (finished, cut, or abandoned).
-  const log = () => logRequest(ctx.logger, record, res, startedAt);
+  const log = () => logRequest(ctx, record, res, startedAt);
   if (res.closed) log();
   else res.once('close', log);
 }
@@ -136,13 +148,15 @@ async function admit(
   record: RequestRecord,
   trial: Trial | undefined,
   clientGone: () => AbortSignal,
+  maxWaitMs: number | undefined,
 ): Promise<Admission> {
   const rank = priorityRank(req.headers['x-sluice-priority']);
   // Pool members out of the choice: cooling tokens, paused ones, and those whose circuit breaker refuses.
   const outOfRotation = () => union(union(upstream.credentials?.outOfRotation?.(), upstream.pauses.members()), trial?.refusing());
-  const verdict = await limiter.admit({ limits: upstream.limits, tenant, method: record.method, path, rank, outOfRotation, clientGone });
+  const verdict = await limiter.admit({ limits: upstream.limits, tenant, method: record.method, path, rank, outOfRotation, clientGone, maxWaitMs });
   if (!verdict.admitted) {
     record.limit = verdict.rule.name;
+    if (verdict.queuedMs !== undefined) record.queuedMs = round(verdict.queuedMs); // refused after a wait: queue_timeout
     throw refusalError(verdict, upstream, tenant);
   }
   if (verdict.queuedMs > 0) record.queuedMs = round(verdict.queuedMs);
@@ -222,15 +236,31 @@ function credentialsOf(upstream: UpstreamProfile): CredentialProvider | undefine
   return upstream.credentials;
 }
 
-/** The log line for a request refused before the pipeline could take it (CONNECT, Expect). */
-export function logRefusal(logger: Logger, req: IncomingMessage, err: GatewayError): void {
-  logger.info({ method: req.method, path: loggablePath(req.url ?? ''), status: err.status, error: err.code }, 'request');
+/** The log line (and count) of a request refused before the pipeline could take it (CONNECT, Expect). */
+export function logRefusal(ctx: Pick<PipelineContext, 'logger' | 'metrics'>, req: IncomingMessage, err: GatewayError): void {
+  ctx.logger.info({ method: req.method, path: loggablePath(req.url ?? ''), status: err.status, error: err.code }, 'request');
+  ctx.metrics.refused(undefined, undefined, err.code);
 }
 
-function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, startedAt: number): void {
+function logRequest(ctx: PipelineContext, record: RequestRecord, res: ServerResponse, startedAt: number): void {
   const now = performance.now();
   const upstreamMs = record.sentAt === undefined ? undefined : now - record.sentAt;
-  logger.info(
+  const status = record.clientGone ? 499 : res.statusCode;
+  ctx.metrics.request({
+    upstream: record.upstream,
+    tenant: record.tenant,
+    error: record.error,
+    limit: record.limit,
+    status,
+    clientGone: record.clientGone,
+    // Headers sent without a gateway error: they were the upstream's.
+    upstreamAnswered: record.error === undefined && record.sentAt !== undefined && res.headersSent,
+    queuedMs: record.queuedMs,
+    upstreamMs,
+    totalMs: now - startedAt,
+    retried: record.retries?.retried.length ? record.retries.retried : undefined,
+  });
+  ctx.logger.info(
     {
       tenant: record.tenant,
       upstream: record.upstream,
@@ -238,13 +268,14 @@ function logRequest(logger: Logger, record: RequestRecord, res: ServerResponse, 
       method: record.method,
       path: record.path,
       // 499: the client closed the connection before the response was complete (nginx's convention).
-      status: record.clientGone ? 499 : res.statusCode,
+      status,
       error: record.error,
       limit: record.limit,
       shadowLimited: record.shadowLimited,
       queuedMs: record.queuedMs,
       attempts: record.retries && record.retries.attempts > 1 ? record.retries.attempts : undefined,
       retried: record.retries?.retried.length ? record.retries.retried : undefined,
+      retryRefused: record.retryRefused,
       upstreamMs: upstreamMs === undefined ? undefined : round(upstreamMs),
       gatewayMs: round(now - startedAt - (upstreamMs ?? 0)),
     },

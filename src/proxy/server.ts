@@ -38,6 +38,7 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
       return ctx.policy;
     },
     logger: ctx.logger,
+    metrics: ctx.metrics,
     tunnels: ctx.tunnels,
     get draining() {
       return ctx.draining;
@@ -62,7 +63,7 @@ export function createProxyServer(ctx: ProxyContext, listen: Config['listen']): 
   inner.on('connect', (req: IncomingMessage, socket: Socket) => {
     keepErrorsOnSocket(socket, ctx);
     const err = new GatewayError('bad_request', 'a CONNECT inside a tunnel is not served');
-    logRefusal(ctx.logger, req, err);
+    logRefusal(ctx, req, err);
     respondOnSocket(socket, err);
   });
   const closeIdle = server.closeIdleConnections.bind(server);
@@ -141,7 +142,7 @@ function httpServer(
   });
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
     const err = new GatewayError('expectation_failed', 'only "Expect: 100-continue" is supported');
-    logRefusal(ctx.logger, req, err);
+    logRefusal(ctx, req, err);
     respondWithError(res, err);
   });
   const closeIdleByNode = server.closeIdleConnections.bind(server);

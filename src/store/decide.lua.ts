@@ -27,11 +27,15 @@ export const DECIDE_LUA = String.raw`
 KEYS  every rule's state keys in rule order: one shared key, or one per credential candidate.
 ARGV  1 now in ms ('' = Redis TIME; tests pass their driven clock)
       2 candidates   3 lease id   4 lease TTL ms   5 excluded candidates (0-based, comma-separated)
+      6 mode: 'd' decide, 'p' peek (read every rule, consume nothing), 'l' lower (pull rate and
+        quota rules down to ARGV 7 remaining); peek and lower take one key per rule
+      7 remaining (lower only, else '')
       then 10 fields per rule: kind ('r' rate, 'f' fair-share rate, 'q' quota, 'c' concurrency),
       key count, limit, periodMs, burst, shadow ('1' or '0'), and for 'f' only (else ''):
       tenant, weight, reservePerMs, activeWindowMs.
 Reply admitted ('1'/'0'), candidate (0-based), then per rule: ok ('1'/'0'), waitMs, remaining,
-      resetMs. All strings: Redis truncates Lua numbers to integers.
+      resetMs. All strings: Redis truncates Lua numbers to integers. Peek: per rule only, with
+      remaining counted from now (not after one more). Lower: nothing.
 State (each key has a PEXPIRE, the lifetime the memory store gives the same entry):
   rate          hash {l = level, u = when measured}           drain time + 1 ms
   fair rate     hash {l, u} global bucket, and per tenant T:  max(current PTTL, drain times,
@@ -62,6 +66,7 @@ local lease = ARGV[3]
 local leaseTtl = tonumber(ARGV[4])
 local excluded = {}
 for c in string.gmatch(ARGV[5], '%d+') do excluded[tonumber(c) + 1] = true end
+local mode = ARGV[6]
 
 -- Lifetimes are whole ms in Redis: round up so a key never dies before its memory twin.
 local function expireIn(key, ms)
@@ -127,10 +132,14 @@ local function rate(rule, key)
   local s = redis.call('HMGET', key, 'l', 'u')
   local check = checkBucket(tonumber(s[1]), tonumber(s[2]), ratePerMs, rule.burst)
   local e = { load = check.level / rule.burst }
-  e.commit = function()
-    local level = check.level + 1
+  local function set(level)
     redis.call('HSET', key, 'l', num(level), 'u', num(now))
     expireIn(key, level / ratePerMs + 1)
+  end
+  e.commit = function() set(check.level + 1) end
+  e.lower = function(remaining)
+    local level = rule.burst - remaining
+    if level > check.level then set(level) end
   end
   return outcome(e, check.ok, check.wait, check.remaining, check.reset)
 end
@@ -224,6 +233,12 @@ local function fairRate(rule, key)
     end
     keep()
   end
+  e.lower = function(remaining)
+    local level = rule.burst - remaining
+    if level <= global.level then return end
+    redis.call('HSET', key, 'l', num(level), 'u', num(now))
+    extendTo(key, level / capacity + 1)
+  end
   e.commit = function()
     local t = tenant()
     redis.call('HSET', key, 'l', num(global.level + 1), 'u', num(now))
@@ -248,8 +263,12 @@ local function quota(rule, key)
   local used = tonumber(redis.call('GET', periodKey) or '0')
   local ok = used + 1 <= rule.limit
   local e = { load = used / rule.limit }
-  e.commit = function()
-    redis.call('SET', periodKey, num(used + 1), 'PX', math.max(1, math.ceil(periodEnd + QUOTA_GRACE_MS - now)))
+  local function set(count)
+    redis.call('SET', periodKey, num(count), 'PX', math.max(1, math.ceil(periodEnd + QUOTA_GRACE_MS - now)))
+  end
+  e.commit = function() set(used + 1) end
+  e.lower = function(remaining)
+    if rule.limit - remaining > used then set(rule.limit - remaining) end
   end
   local taken = 0
   if ok then taken = 1 end
@@ -274,7 +293,7 @@ local evaluate = { r = rate, f = fairRate, q = quota, c = concurrency }
 
 -- Parse the rules and evaluate every (rule, key) once, before anything is consumed.
 local rules, evaluations, k = {}, {}, 0
-for i = 6, #ARGV, 10 do
+for i = 8, #ARGV, 10 do
   local rule = { kind = ARGV[i], nkeys = tonumber(ARGV[i + 1]), limit = tonumber(ARGV[i + 2]),
     period = tonumber(ARGV[i + 3]), burst = tonumber(ARGV[i + 4]), shadow = ARGV[i + 5] == '1',
     tenant = ARGV[i + 6], weight = tonumber(ARGV[i + 7]), reserve = tonumber(ARGV[i + 8]),
@@ -284,6 +303,31 @@ for i = 6, #ARGV, 10 do
   k = k + rule.nkeys
   rules[#rules + 1] = rule
   evaluations[#evaluations + 1] = list
+end
+
+if mode == 'p' then
+  local reply = {}
+  for i, list in ipairs(evaluations) do
+    -- memory.ts available(): counted from now, not after one more request.
+    local e, rule = list[1], rules[i]
+    local remaining, reset = 0, e.reset
+    if e.ok then
+      remaining = e.remaining + 1
+      if rule.kind == 'r' or rule.kind == 'f' then reset = math.max(0, reset - rule.period / rule.limit) end
+    end
+    reply[#reply + 1] = e.ok and '1' or '0'
+    reply[#reply + 1] = num(e.wait)
+    reply[#reply + 1] = num(remaining)
+    reply[#reply + 1] = num(reset)
+  end
+  return reply
+end
+if mode == 'l' then
+  local remaining = tonumber(ARGV[7])
+  for _, list in ipairs(evaluations) do
+    if list[1].lower then list[1].lower(remaining) end
+  end
+  return {}
 end
 
 -- A rule shared by every candidate is evaluated once: it must not be consumed twice.

@@ -4,7 +4,9 @@
  * clock, so tests drive it instead of sleeping.
  */
 import type { Clock } from './memory.js';
-import type { CredentialRecord, RefreshBudget, RefreshGrant, RefreshRequest, TokenStore } from './tokens.js';
+import type { CoolDownWatch, CredentialRecord, RefreshBudget, RefreshGrant, RefreshRequest, TokenStore } from './tokens.js';
+
+const NOT_WATCHING: CoolDownWatch = { close: () => undefined };
 
 interface CredentialState {
   /** Fences handed out so far (the last grant's fence). */
@@ -100,6 +102,11 @@ export class MemoryTokenStore implements TokenStore {
     const left = new Map<number, number>();
     for (const [member, until] of this.states.get(key)?.cooling ?? []) if (until > now) left.set(member, until - now);
     return Promise.resolve(left);
+  }
+
+  /** One instance: there is nobody else whose cool-downs to hear. */
+  watchCoolDowns(): CoolDownWatch {
+    return NOT_WATCHING;
   }
 
   private state(key: string): CredentialState {

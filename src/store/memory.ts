@@ -59,6 +59,8 @@ interface Evaluation {
   outcome: RuleOutcome;
   load: number;
   commit(): void;
+  /** Rate and quota rules: pull the state down so that at most `remaining` more are admitted. */
+  lower?(remaining: number): void;
   /** Fair rules record that the tenant asked (and whether it now waits), admitted or not. */
   observe?(): void;
 }
@@ -95,6 +97,17 @@ export class MemoryStore implements LimitStore {
     for (const evaluation of chosen) evaluation.observe?.();
     if (admitted) for (const evaluation of chosen) if (evaluation.outcome.ok) evaluation.commit();
     return { admitted, candidate, outcomes: chosen.map((e) => e.outcome) };
+  }
+
+  peek(rules: readonly StoreRule[]): Promise<RuleOutcome[]> {
+    const now = this.clock();
+    return Promise.resolve(rules.map((rule) => available(rule, this.evaluate(rule, rule.keys[0]!, now, READ_ONLY).outcome)));
+  }
+
+  lower(rules: readonly StoreRule[], remaining: number): Promise<void> {
+    const now = this.clock();
+    for (const rule of rules) this.evaluate(rule, rule.keys[0]!, now, READ_ONLY).lower?.(remaining);
+    return Promise.resolve();
   }
 
   release(leases: readonly Lease[]): Promise<void> {
@@ -158,11 +171,16 @@ export class MemoryStore implements LimitStore {
     return {
       outcome: outcome(check.ok, check.waitMs, check.remaining, check.resetMs),
       load: check.level / rule.burst,
-      commit: () => {
-        const level = check.level + 1;
-        this.entries.set(key, { kind: 'rate', bucket: { level, at: now }, expires: now + drainMs(level, ratePerMs) + 1 });
+      commit: () => this.setRate(key, check.level + 1, now, ratePerMs),
+      lower: (remaining) => {
+        const level = rule.burst - remaining;
+        if (level > check.level) this.setRate(key, level, now, ratePerMs);
       },
     };
+  }
+
+  private setRate(key: string, level: number, now: number, ratePerMs: number): void {
+    this.entries.set(key, { kind: 'rate', bucket: { level, at: now }, expires: now + drainMs(level, ratePerMs) + 1 });
   }
 
   private fairRate(rule: StoreRule, key: string, now: number): Evaluation {
@@ -216,6 +234,13 @@ export class MemoryStore implements LimitStore {
         if (!ok && !borrowing && t.waitingSince === 0) t.waitingSince = now;
         keep();
       },
+      lower: (remaining) => {
+        const level = rule.burst - remaining;
+        if (level <= global.level) return;
+        state.global = { level, at: now };
+        const expires = now + drainMs(level, capacity) + 1;
+        this.entries.set(key, { kind: 'fair', state, expires: Math.max(expires, this.live(key, now)?.expires ?? 0) });
+      },
       commit: () => {
         const t = tenant();
         state.global = { level: global.level + 1, at: now };
@@ -239,6 +264,10 @@ export class MemoryStore implements LimitStore {
       outcome: outcome(ok, ok ? 0 : end - now, rule.limit - used - (ok ? 1 : 0), end - now),
       load: used / rule.limit,
       commit: () => this.entries.set(periodKey, { kind: 'quota', count: used + 1, expires: end + QUOTA_GRACE_MS }),
+      lower: (remaining) => {
+        const count = rule.limit - remaining;
+        if (count > used) this.entries.set(periodKey, { kind: 'quota', count, expires: end + QUOTA_GRACE_MS });
+      },
     };
   }
 
@@ -273,6 +302,16 @@ export class MemoryStore implements LimitStore {
     };
   }
 }
+
+/** A peek's outcome: `remaining` and a rate's `resetMs` count from now, not after one more request. */
+function available(rule: StoreRule, o: RuleOutcome): RuleOutcome {
+  if (!o.ok) return { ...o, remaining: 0 };
+  const resetMs = rule.kind === 'rate' ? Math.max(0, o.resetMs - rule.periodMs / rule.limit) : o.resetMs;
+  return { ...o, remaining: o.remaining + 1, resetMs };
+}
+
+/** The request of a peek or a lowering: it takes no lease. */
+const READ_ONLY: DecideRequest = { rules: [], candidates: 1, lease: '-', leaseTtlMs: 0 };
 
 function outcome(ok: boolean, waitMs: number, remaining: number, resetMs: number): RuleOutcome {
   return { ok, waitMs: ok ? 0 : waitMs, remaining: Math.max(0, remaining), resetMs };

@@ -3,9 +3,11 @@
  * call is one script of token.lua.ts, atomic in Redis. Obtained from RedisStore.tokens(), so it
  * shares the store's client, its bound on every call and its test clock. Failures follow
  * RedisStore.decide: Redis unreachable or too slow throws StoreUnavailableError; a script Redis
- * refuses (ERR, WRONGTYPE: a bug, or a key of another shape) throws a plain Error.
+ * refuses (ERR, WRONGTYPE: a bug, or a key of another shape) throws a plain Error. A cool-down
+ * written is announced to the other instances (cool-down-channel.ts), on a connection of its own.
  */
 import type { Cluster, Redis } from 'ioredis';
+import { coolDownChannel, CoolDownSubscriber } from './cool-down-channel.js';
 import { StoreUnavailableError } from './store.js';
 import {
   TOKEN_ACQUIRE_LUA,
@@ -15,7 +17,16 @@ import {
   TOKEN_PUBLISH_LUA,
   TOKEN_READ_LUA,
 } from './token.lua.js';
-import type { CredentialRecord, RefreshBudget, RefreshGrant, RefreshRequest, RefuseReason, TokenStore } from './tokens.js';
+import type {
+  CoolDownListener,
+  CoolDownWatch,
+  CredentialRecord,
+  RefreshBudget,
+  RefreshGrant,
+  RefreshRequest,
+  RefuseReason,
+  TokenStore,
+} from './tokens.js';
 
 type Script = (key: string, ...args: (string | number)[]) => Promise<unknown>;
 const SCRIPTS = {
@@ -44,12 +55,16 @@ export type Bounded = <T>(promise: Promise<T>) => Promise<T>;
 const REASONS: readonly string[] = ['newer', 'locked', 'blocked', 'budget', 'revoked'] satisfies RefuseReason[];
 
 export class RedisTokenStore implements TokenStore {
+  private readonly subscriber: CoolDownSubscriber;
+
   /** `clock`: tests only, the scripts take their time from it instead of Redis TIME. */
   constructor(
     private readonly client: (Redis | Cluster) & TokenScripts,
     private readonly bounded: Bounded,
     private readonly clock?: () => number,
-  ) {}
+  ) {
+    this.subscriber = new CoolDownSubscriber(client);
+  }
 
   async read(key: string, budget: RefreshBudget): Promise<CredentialRecord> {
     const r = strings(await this.call('sluiceTokenRead', key, budget.perMs), 10);
@@ -83,6 +98,9 @@ export class RedisTokenStore implements TokenStore {
 
   async coolDown(key: string, member: number, ms: number): Promise<void> {
     await this.call('sluiceTokenCoolDown', key, member, ms);
+    // After the write, so that a listener reads it. A lost announcement is not the write's failure:
+    // the listeners' next read finds the cool-down all the same.
+    await this.bounded(this.client.publish(coolDownChannel(key), key)).catch(() => undefined);
   }
 
   async cooling(key: string): Promise<Map<number, number>> {
@@ -90,6 +108,10 @@ export class RedisTokenStore implements TokenStore {
     const left = new Map<number, number>();
     for (let i = 0; i + 1 < r.length; i += 2) left.set(Number(r[i]), Number(r[i + 1]));
     return left;
+  }
+
+  watchCoolDowns(prefix: string, listener: CoolDownListener): CoolDownWatch {
+    return this.subscriber.watch(prefix, listener);
   }
 
   /** One script run, its failure sorted as RedisStore.decide sorts it. */

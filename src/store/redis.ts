@@ -19,6 +19,7 @@ import {
   type LimitStore,
   type RuleOutcome,
   type StoreDecision,
+  type StoreRule,
 } from './store.js';
 import type { TokenStore } from './tokens.js';
 
@@ -123,11 +124,25 @@ export class RedisStore implements LimitStore {
   }
 
   async decide(request: DecideRequest): Promise<StoreDecision> {
+    return decode(await this.run(request, DECIDE), request.rules.length);
+  }
+
+  async peek(rules: readonly StoreRule[]): Promise<RuleOutcome[]> {
+    const reply = await this.run({ ...READ_ONLY, rules }, PEEK);
+    if (!Array.isArray(reply) || reply.length !== 4 * rules.length) throw new Error('unexpected reply from decide.lua (peek)');
+    return outcomesOf(reply, 0);
+  }
+
+  async lower(rules: readonly StoreRule[], remaining: number): Promise<void> {
+    await this.run({ ...READ_ONLY, rules }, { mode: 'l', remaining });
+  }
+
+  /** One run of decide.lua; its failures are sorted into "the store is down" and "this call failed". */
+  private async run(request: DecideRequest, mode: ScriptMode): Promise<unknown> {
     const keys: string[] = [];
     for (const rule of request.rules) keys.push(...rule.keys);
     try {
-      const reply = await this.bounded(this.client.sluiceDecide(keys.length, ...keys, ...encode(request, this.clock?.())));
-      return decode(reply, request.rules.length);
+      return await this.bounded(this.client.sluiceDecide(keys.length, ...keys, ...encode(request, mode, this.clock?.())));
     } catch (error) {
       const message = `Redis store: ${error instanceof Error ? error.message : String(error)}`;
       // Redis answered, but refused the script (a bug, or state of another shape): that request
@@ -199,9 +214,27 @@ export class RedisStore implements LimitStore {
   }
 }
 
+/** decide.lua's mode (ARGV 6) and the remaining count a lowering brings the rules to (ARGV 7). */
+interface ScriptMode {
+  mode: 'd' | 'p' | 'l';
+  remaining?: number;
+}
+const DECIDE: ScriptMode = { mode: 'd' };
+const PEEK: ScriptMode = { mode: 'p' };
+/** Peeks and lowerings take no lease. */
+const READ_ONLY = { candidates: 1, lease: '-', leaseTtlMs: 0 } as const;
+
 /** ARGV of decide.lua (its header documents the layout). */
-function encode(request: DecideRequest, now: number | undefined): (string | number)[] {
-  const argv: (string | number)[] = [now ?? '', request.candidates, request.lease, request.leaseTtlMs, request.excluded?.join(',') ?? ''];
+function encode(request: DecideRequest, { mode, remaining }: ScriptMode, now: number | undefined): (string | number)[] {
+  const argv: (string | number)[] = [
+    now ?? '',
+    request.candidates,
+    request.lease,
+    request.leaseTtlMs,
+    request.excluded?.join(',') ?? '',
+    mode,
+    remaining ?? '',
+  ];
   for (const rule of request.rules) {
     const fair = rule.kind === 'rate' ? rule.fair : undefined;
     argv.push(fair ? 'f' : KIND[rule.kind], rule.keys.length, rule.limit, rule.periodMs, rule.burst, rule.shadow ? 1 : 0);
@@ -213,12 +246,17 @@ function encode(request: DecideRequest, now: number | undefined): (string | numb
 
 function decode(reply: unknown, rules: number): StoreDecision {
   if (!Array.isArray(reply) || reply.length !== 2 + 4 * rules) throw new Error('unexpected reply from decide.lua');
+  return { admitted: reply[0] === '1', candidate: Number(reply[1]), outcomes: outcomesOf(reply, 2) };
+}
+
+/** Per rule, from `from` on: ok, waitMs, remaining, resetMs. */
+function outcomesOf(reply: readonly unknown[], from: number): RuleOutcome[] {
   const n = (i: number) => Number(reply[i]);
   const outcomes: RuleOutcome[] = [];
-  for (let i = 2; i < reply.length; i += 4) {
+  for (let i = from; i < reply.length; i += 4) {
     outcomes.push({ ok: reply[i] === '1', waitMs: n(i + 1), remaining: n(i + 2), resetMs: n(i + 3) });
   }
-  return { admitted: reply[0] === '1', candidate: n(1), outcomes };
+  return outcomes;
 }
 
 function createClient(options: RedisStoreOptions): Client {

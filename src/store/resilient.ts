@@ -5,8 +5,8 @@
  *   deny:  refuse with 503 store_unavailable.
  *   allow: let requests through unlimited.
  * A failure is logged once when it starts (error) and once when it ends (info), with the count of
- * decisions taken without Redis. While degraded, one request per PROBE_EVERY_MS asks Redis again,
- * so a hung Redis costs at most one store timeout per probe, never one per request.
+ * decisions taken without Redis. While degraded, one request (or status read) per PROBE_EVERY_MS
+ * asks Redis again, so a hung Redis costs at most one store timeout per probe, never one per request.
  */
 import { GatewayError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
@@ -16,6 +16,7 @@ import {
   type DecideRequest,
   type Lease,
   type LimitStore,
+  type RuleOutcome,
   type StoreDecision,
   type StoreRule,
 } from './store.js';
@@ -42,19 +43,13 @@ export class ResilientStore implements LimitStore {
     private readonly shared: SharedStore,
     private readonly onError: OnStoreError,
     private readonly logger: Logger,
+    /** Each call to the shared store that failed (metrics: sluice_store_errors_total). */
+    private readonly unavailable: () => void = () => undefined,
   ) {}
 
   async decide(request: DecideRequest): Promise<StoreDecision> {
-    if (this.degradedSince === undefined || this.probeDue()) {
-      try {
-        const decision = await this.shared.decide(request);
-        if (this.degradedSince !== undefined) this.recovered();
-        return decision;
-      } catch (err) {
-        if (!(err instanceof StoreUnavailableError)) throw err;
-        if (this.degradedSince === undefined) this.failed(err);
-      }
-    }
+    const shared = await this.viaShared(() => this.shared.decide(request));
+    if (shared) return shared.answer;
     this.degradedDecisions++;
     switch (this.onError) {
       case 'deny':
@@ -73,6 +68,30 @@ export class ResilientStore implements LimitStore {
         return decision;
       }
     }
+  }
+
+  /**
+   * Reads the state that decides now: Redis's, or, while it is away with onError: local, this
+   * instance's share in memory. With deny or allow no state decides, and the store is unavailable.
+   * A read while degraded probes Redis as a decision does, so a scrape sees it back without traffic.
+   */
+  async peek(rules: readonly StoreRule[]): Promise<RuleOutcome[]> {
+    const shared = await this.viaShared(() => this.shared.peek(rules));
+    if (shared) return shared.answer;
+    if (this.onError === 'local') return this.local.peek(this.share(rules));
+    throw new StoreUnavailableError('the shared limit store cannot be reached');
+  }
+
+  /** As peek: the state that decides now is the one lowered. */
+  async lower(rules: readonly StoreRule[], remaining: number): Promise<void> {
+    if (this.degradedSince === undefined) return this.shared.lower(rules, remaining);
+    // The upstream's count is for the whole cluster; this instance's share of it is its part.
+    if (this.onError === 'local') return this.local.lower(this.share(rules), Math.floor(remaining / Math.max(1, this.shared.instances())));
+  }
+
+  /** The limit store cannot be reached and store.onError applies (metrics and status). */
+  get degraded(): boolean {
+    return this.degradedSince !== undefined;
   }
 
   async release(leases: readonly Lease[]): Promise<void> {
@@ -97,6 +116,25 @@ export class ResilientStore implements LimitStore {
     const shared: Lease[] = [];
     for (const lease of leases) (this.localLeases.has(lease.id) ? local : shared).push(lease);
     return [local, shared];
+  }
+
+  /**
+   * Asks the shared store while it answers, and while it does not when a probe is due; undefined
+   * when it was not asked or did not answer (store.onError applies). Every failed call is counted;
+   * one that Redis answered with an error (a bug, not an outage) is thrown.
+   */
+  private async viaShared<T>(call: () => Promise<T>): Promise<{ answer: T } | undefined> {
+    if (this.degradedSince !== undefined && !this.probeDue()) return undefined;
+    try {
+      const answer = await call();
+      if (this.degradedSince !== undefined) this.recovered();
+      return { answer };
+    } catch (err) {
+      this.unavailable();
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      if (this.degradedSince === undefined) this.failed(err);
+      return undefined;
+    }
   }
 
   private probeDue(): boolean {

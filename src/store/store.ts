@@ -79,6 +79,20 @@ export interface Lease {
 export interface LimitStore {
   /** Throws StoreUnavailableError when the store cannot answer in time. */
   decide(request: DecideRequest): Promise<StoreDecision>;
+  /**
+   * Reads each rule's state now, consuming nothing (the status API and the metrics): one outcome
+   * per rule, each evaluated on its own, with `remaining` the requests it would admit right now.
+   * Every rule has a single key here (one per credential is split by the caller).
+   * Throws StoreUnavailableError when the store cannot answer in time.
+   */
+  peek(rules: readonly StoreRule[]): Promise<RuleOutcome[]>;
+  /**
+   * The upstream reported fewer requests left than the gateway counts: rate and quota rules are
+   * pulled down so that at most `remaining` more are admitted (until they refill at their own
+   * rate, or the period ends); a rule already at or below it, and concurrency rules, are left
+   * alone. Single-key rules, as for peek. Throws StoreUnavailableError like decide.
+   */
+  lower(rules: readonly StoreRule[], remaining: number): Promise<void>;
   /** Ends leases; never throws (an unreleased lease expires by its TTL). */
   release(leases: readonly Lease[]): Promise<void>;
   /** Extends leases still held to now + ttlMs (requests longer than the TTL keep their lease). */

@@ -80,10 +80,31 @@ export interface TokenStore {
    * (taken from the latest grant only). State outlives its last write by CREDENTIAL_STATE_TTL_MS.
    */
   fail(key: string, fence: number, outcome: { blockMs?: number; revoked?: string }): Promise<void>;
-  /** Takes a pool member out of rotation for ms (every instance skips it). */
+  /**
+   * Takes a pool member out of rotation for ms (every instance skips it), and announces the key to
+   * the instances watching (watchCoolDowns), so that they read it at once.
+   */
   coolDown(key: string, member: number, ms: number): Promise<void>;
   /** Pool members out of rotation now: member index → ms left. */
   cooling(key: string): Promise<Map<number, number>>;
+  /**
+   * Hears the key of every cool-down written from now on under `prefix` (store.prefix), by any
+   * instance, this one included, as soon as the store tells. Best effort: an announcement missed
+   * (the store away, a reconnect) is not repeated, so callers still read cool-downs now and then.
+   */
+  watchCoolDowns(prefix: string, listener: CoolDownListener): CoolDownWatch;
+}
+
+export interface CoolDownListener {
+  /** A cool-down was just written under this key (read it with cooling()). */
+  cooled(key: string): void;
+  /** The store is up but will not announce (e.g. an ACL without pub/sub); said once per refusal. */
+  refused(error: Error): void;
+}
+
+export interface CoolDownWatch {
+  /** Stops hearing; the last watch to close ends the store's listening connection. */
+  close(): void;
 }
 
 /** How long a credential's state outlives its last write: a budget window, or a token, or this. */

@@ -12,9 +12,10 @@
  * before admission and the outcome arrives in a callback, long after.
  *
  * Across instances (store.type redis) a breaker that opens here writes its cooldown to the store
- * (the token store's cool-down hash, as a pool's cool-downs are shared); every instance reads them
- * every SYNC_EVERY_MS and opens its own breaker for the time left, then probes on its own. With the
- * store away each instance carries on with what it sees itself.
+ * (the token store's cool-down hash, as a pool's cool-downs are shared); every instance reads it as
+ * soon as the store announces the write, and every SYNC_EVERY_MS besides (store/cool-down-sync.ts),
+ * and opens its own breaker for the time left, then probes on its own. With the store away each
+ * instance carries on with what it sees itself.
  */
 import type { BreakerConfig, CredentialsConfig } from '../config/schema.js';
 import { GatewayError } from '../errors.js';
@@ -36,6 +37,8 @@ export interface BreakerContext {
   logger: Logger;
   /** Share openings through the store (store.type redis); the memory store is this instance's alone. */
   shared: boolean;
+  /** Tests only: how often the store is read besides its announcements (default SYNC_EVERY_MS). */
+  syncEveryMs?: number | undefined;
 }
 
 export class BreakerRegistry {
@@ -44,7 +47,7 @@ export class BreakerRegistry {
 
   constructor(private readonly context: BreakerContext) {
     // Openings of other instances (and this one's, which the breakers recognise).
-    if (context.shared) this.sync = new CoolDownSync(context.store, context.logger, 'circuit breaker openings', () => this.sets.values());
+    if (context.shared) this.sync = new CoolDownSync(context.store, context.logger, 'circuit breaker openings', () => this.sets.values(), context.prefix, context.syncEveryMs);
   }
 
   /** The breakers for an upstream's `breaker:` block: the running ones when nothing they depend on changed. */
@@ -159,6 +162,11 @@ export class BreakerSet implements BreakerListener {
     } else {
       this.logger.info(about, state === 'halfOpen' ? 'circuit breaker half-open: probing the upstream' : 'circuit breaker closed');
     }
+  }
+
+  /** Each breaker's state now (metrics): member undefined for the upstream's own breaker. */
+  states(): { member: number | undefined; state: BreakerState }[] {
+    return this.breakers.map((b) => ({ member: b.member, state: b.state() }));
   }
 
   /** What /status shows. */

@@ -14,8 +14,10 @@
  * such small bodies) still reach the client.
  *
  * The retry stage speaks first (`intercept`): an answer it takes for another attempt is never
- * written to the client (the learn stage still hears it), its body is dropped, and forward()
- * resolves to it. Once the head went out, the answer is the client's whatever follows.
+ * written to the client (the learn stage still hears it, body included), and forward() resolves to
+ * it. Its body is read to the end (up to DROP_AT_MOST) and kept with the head the client would have
+ * had, so that the answer can still be given to the client if the retry is refused before it goes.
+ * Once the head went out, the answer is the client's whatever follows.
  */
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
@@ -48,6 +50,15 @@ export interface UpstreamRequest {
 /** An answer intercepted for a retry: the client got none of it. */
 export interface Intercepted {
   status: number;
+  /** The whole answer as the client would have had it; undefined when its body was too long or broke off. */
+  answer: KeptAnswer | undefined;
+}
+
+/** An upstream answer held whole in memory, to be written to the client later (or never). */
+export interface KeptAnswer {
+  status: number;
+  headers: OutgoingHttpHeaders;
+  body: Buffer;
 }
 
 /** What the learn stage wants of a response, once it has seen its status and headers. */
@@ -104,8 +115,8 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   private bodyLimit = 0;
   /** The head held back until the body's end (a small body whose headers may still change). */
   private held: { statusCode: number; headers: OutgoingHttpHeaders } | undefined;
-  /** An answer taken away from the client for a retry, and the bytes of its body dropped so far. */
-  private intercepted: Intercepted | undefined;
+  /** An answer taken away from the client for a retry: its head for the client, and its body so far. */
+  private intercepted: { status: number; head: OutgoingHttpHeaders; readBodyUpTo: number | undefined; body: Buffer[] } | undefined;
   private dropped = 0;
 
   constructor(
@@ -122,13 +133,13 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[]>): void {
     if (statusCode < 200) return; // 1xx informational: Node speaks for itself (100 Continue)
-    if (this.request.intercept?.(statusCode, headers)) {
-      this.intercepted = { status: statusCode };
-      this.request.listener?.started(statusCode, headers); // the learn stage hears it all the same
+    const intercepted = this.request.intercept?.(statusCode, headers) === true;
+    const interest = this.request.listener?.started(statusCode, headers); // the learn stage hears it all the same
+    const head = { ...clientResponseHeaders(headers), ...interest?.headers, ...this.request.responseHeaders };
+    if (intercepted) {
+      this.intercepted = { status: statusCode, head, readBodyUpTo: interest?.readBodyUpTo, body: [] };
       return;
     }
-    const interest = this.request.listener?.started(statusCode, headers);
-    const head = { ...clientResponseHeaders(headers), ...interest?.headers, ...this.request.responseHeaders };
     const limit = interest?.readBodyUpTo;
     if (limit !== undefined) {
       [this.body, this.bodyLimit] = [[], limit];
@@ -149,7 +160,7 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(): void {
-    if (this.intercepted) return this.settle();
+    if (this.intercepted) return this.settle(undefined, this.kept(this.intercepted));
     const added = this.body ? this.request.listener?.ended(Buffer.concat(this.body)) : undefined;
     if (this.held) {
       this.res.writeHead(this.held.statusCode, { ...this.held.headers, ...added, ...this.request.responseHeaders });
@@ -174,17 +185,26 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   }
 
   /**
-   * An intercepted answer's body is read to its end so that the connection can carry the retry;
-   * a long one is not worth it, and the connection is closed instead.
+   * An intercepted answer's body is read to its end so that the connection can carry the retry, and
+   * kept; a long one is not worth it, and the connection is closed instead.
    */
   private drop(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     this.dropped += chunk.length;
-    if (this.dropped > DROP_AT_MOST) controller.abort(new InterceptedDropped());
+    if (this.dropped > DROP_AT_MOST) return controller.abort(new InterceptedDropped());
+    this.intercepted!.body.push(chunk);
+  }
+
+  /** The intercepted answer, whole; the learn stage reads its body as it would a relayed one's. */
+  private kept(intercepted: NonNullable<ResponseRelay['intercepted']>): KeptAnswer {
+    const body = Buffer.concat(intercepted.body);
+    const limit = intercepted.readBodyUpTo;
+    const added = limit !== undefined && body.length <= limit ? this.request.listener?.ended(body) : undefined;
+    return { status: intercepted.status, headers: { ...intercepted.head, ...added, ...this.request.responseHeaders }, body };
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     if (err instanceof ClientGoneError) return this.settle(err);
-    // An intercepted answer that broke off is retried all the same: its head said so.
+    // An intercepted answer that broke off (or was too long to keep) is retried all the same: its head said so.
     this.settle(this.intercepted ? undefined : upstreamFailure(err, this.request.upstream));
   }
 
@@ -195,16 +215,16 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
     else this.settle(new ClientGoneError()); // still queued for a connection: nothing to abort yet
   };
 
-  private settle(err?: Error): void {
+  private settle(err?: Error, answer?: KeptAnswer): void {
     if (this.settled) return;
     this.settled = true;
     this.res.off('close', this.onClientClose);
     if (err) this.reject(err);
-    else this.resolve(this.intercepted);
+    else this.resolve(this.intercepted && { status: this.intercepted.status, answer });
   }
 }
 
-/** The most of an intercepted answer's body read (and dropped) to keep its connection. */
+/** The most of an intercepted answer's body read (and kept) to keep its connection. */
 const DROP_AT_MOST = 64 * 1024;
 
 /** Why an intercepted answer's connection was closed: its body was too long to drop. */

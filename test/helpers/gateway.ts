@@ -32,7 +32,8 @@ export function writeConfig(yaml: string, dir = tempDir()): string {
 
 export async function startGateway(
   yaml: string,
-  options: { env?: NodeJS.ProcessEnv; watch?: boolean } = {},
+  /** syncEveryMs: GatewayOptions.syncEveryMs (how often cool-downs are read from the store). */
+  options: { env?: NodeJS.ProcessEnv; watch?: boolean; syncEveryMs?: number } = {},
 ): Promise<TestGateway> {
   const configPath = writeConfig(yaml);
   const rawLogs: string[] = [];
@@ -41,6 +42,7 @@ export async function startGateway(
     configPath,
     env: options.env ?? {},
     watch: options.watch ?? false,
+    ...(options.syncEveryMs === undefined ? {} : { syncEveryMs: options.syncEveryMs }),
     logDestination: {
       write(line: string) {
         rawLogs.push(line);

@@ -108,6 +108,18 @@ export async function sharedRedis(): Promise<TestRedis> {
   };
 }
 
+/** For the describe block it is called in: the shared Redis with a prefix of its own, cleaned up after the block. */
+export function sharedRedisPerBlock(): () => TestRedis {
+  let redis: TestRedis | undefined;
+  beforeAll(async () => {
+    redis = await sharedRedis();
+  });
+  afterAll(async () => {
+    await redis?.cleanup();
+  });
+  return () => redis!;
+}
+
 export interface OwnRedis {
   url: string;
   port: number;
