@@ -1,18 +1,17 @@
 /**
- * The repository's routes.yaml, the three reference profiles, end to end against local fakes:
- * Twilio with Basic credentials, BaseLinker with a token pool counted per token, ServiceDesk Plus
+ * The repository's routes.yaml, the three reference profiles, end to end against the fake APIs
+ * of bench/fakes/ (the ones `npm run demo` runs): Twilio with Basic credentials, BaseLinker with a token pool counted per token, ServiceDesk Plus
  * with Zoho OAuth2. Only the targets, the token URL and the listeners are pointed at 127.0.0.1;
  * every other line is the shipped file. Clients hold no upstream secret: the fakes accept only
  * what the gateway injects.
  */
 import { execFile } from 'node:child_process';
-import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
 import { ProxyAgent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startBaseLinker, type FakeBaseLinker } from '../bench/fakes/baselinker.mjs';
+import { startTwilio, type FakeTwilio } from '../bench/fakes/twilio.mjs';
 import { proxyAuth, startGateway, type TestGateway } from './helpers/gateway.js';
 import { startTokenCheckingUpstream, startTokenEndpoint, type FakeTokenEndpoint, type TokenCheckingUpstream } from './helpers/oauth.js';
 
@@ -28,32 +27,16 @@ const ENV = {
 };
 const ACME = 'acme:acme-dev-key';
 
-/** A fake API: answers 200 with what it saw when `accepts` says the credential is right, else 401. */
-async function fakeApi(accepts: (headers: Record<string, string | string[] | undefined>) => boolean) {
-  const seen: { path: string; credential: string | undefined }[] = [];
-  const server: Server = createServer((req, res) => {
-    const ok = accepts(req.headers);
-    seen.push({ path: req.url ?? '', credential: (req.headers.authorization ?? req.headers['x-bltoken']) as string | undefined });
-    req.resume();
-    res.writeHead(ok ? 200 : 401, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(ok ? { status: 'SUCCESS' } : { status: 'ERROR', error_code: 'ERROR_BAD_TOKEN' }));
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen, server };
-}
-
 describe('the reference profiles of routes.yaml', () => {
   let gw: TestGateway;
-  let twilio: Awaited<ReturnType<typeof fakeApi>>;
-  let baselinker: Awaited<ReturnType<typeof fakeApi>>;
+  let twilio: FakeTwilio;
+  let baselinker: FakeBaseLinker;
   let zoho: FakeTokenEndpoint;
   let sdp: TokenCheckingUpstream;
 
   beforeAll(async () => {
-    const basic = `Basic ${Buffer.from(`${ENV.TWILIO_ACCOUNT_SID}:${ENV.TWILIO_AUTH_TOKEN}`).toString('base64')}`;
-    twilio = await fakeApi((h) => h.authorization === basic);
-    baselinker = await fakeApi((h) => h['x-bltoken'] === ENV.BL_TOKEN_1 || h['x-bltoken'] === ENV.BL_TOKEN_2);
+    twilio = await startTwilio({ accountSid: ENV.TWILIO_ACCOUNT_SID, authToken: ENV.TWILIO_AUTH_TOKEN });
+    baselinker = await startBaseLinker({ tokens: [ENV.BL_TOKEN_1, ENV.BL_TOKEN_2] });
     zoho = await startTokenEndpoint();
     sdp = await startTokenCheckingUpstream(zoho);
     const shipped = readFileSync('routes.yaml', 'utf8');
@@ -71,9 +54,7 @@ describe('the reference profiles of routes.yaml', () => {
   });
   afterAll(async () => {
     await gw.close();
-    for (const s of [twilio.server, baselinker.server]) s.close();
-    await zoho.close();
-    await sdp.close();
+    await Promise.all([twilio.close(), baselinker.close(), zoho.close(), sdp.close()]);
   });
 
   it('Twilio: Basic credentials injected, base URL and HTTP_PROXY (curl) alike', async () => {
@@ -82,11 +63,15 @@ describe('the reference profiles of routes.yaml', () => {
       headers: { 'x-sluice-key': ACME, 'content-type': 'application/x-www-form-urlencoded', authorization: 'Basic ZHVtbXk6ZHVtbXk=' },
       body: 'To=%2B15005550006&From=%2B15005550001&Body=hi',
     });
-    expect(sent.statusCode).toBe(200);
-    await sent.body.dump();
+    expect(sent.statusCode).toBe(201);
+    expect(await sent.body.json()).toMatchObject({ account_sid: ENV.TWILIO_ACCOUNT_SID, status: 'queued' });
     const { stdout } = await run('curl', ['-s', '-x', `http://${ACME}@127.0.0.1:${gw.port}`, 'http://api.twilio.com/2010-04-01/Accounts.json']);
-    expect(JSON.parse(stdout)).toEqual({ status: 'SUCCESS' });
-    expect(twilio.seen.map((s) => s.path)).toEqual([`/2010-04-01/Accounts/${ENV.TWILIO_ACCOUNT_SID}/Messages.json`, '/2010-04-01/Accounts.json']);
+    expect(JSON.parse(stdout)).toEqual({ uri: '/2010-04-01/Accounts.json' });
+    // The fake answers 401 to anything but the account's Basic credentials: both got them.
+    expect(twilio.arrivals.map((a) => [a.path, a.status])).toEqual([
+      [`/2010-04-01/Accounts/${ENV.TWILIO_ACCOUNT_SID}/Messages.json`, 201],
+      ['/2010-04-01/Accounts.json', 200],
+    ]);
   });
 
   it('BaseLinker: each token has its own 100/min, and the pool takes the one with room, through undici’s ProxyAgent', async () => {
@@ -103,7 +88,7 @@ describe('the reference profiles of routes.yaml', () => {
       for (let i = 0; i < 2; i++) {
         const res = await call();
         expect(res.statusCode).toBe(200);
-        await res.body.dump();
+        expect(await res.body.json()).toMatchObject({ status: 'SUCCESS', method: 'getOrders' });
       }
       const third = await call();
       expect(third.statusCode).toBe(429);
@@ -111,11 +96,13 @@ describe('the reference profiles of routes.yaml', () => {
     } finally {
       await agent.close();
     }
-    expect(baselinker.seen.map((s) => s.credential).sort()).toEqual([ENV.BL_TOKEN_1, ENV.BL_TOKEN_2]);
+    expect(baselinker.arrivals.map((a) => a.token).sort()).toEqual([ENV.BL_TOKEN_1, ENV.BL_TOKEN_2]);
+    expect(baselinker.stats).toEqual({ accepted: 2, unauthorized: 0, limited: 0 });
   });
 
   it('ServiceDesk Plus: a Zoho OAuth2 token obtained once and injected; /status shows it without the secret', async () => {
-    for (let i = 0; i < 5; i++) {
+    // Three requests: the shipped per-minute rule (60/min, burst 1) spaces them 1 s apart.
+    for (let i = 0; i < 3; i++) {
       const res = await request(`${gw.proxyUrl}/sdp/api/v3/requests`, { headers: { 'x-sluice-key': ACME } });
       expect(res.statusCode).toBe(200);
       await res.body.dump();
