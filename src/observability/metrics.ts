@@ -61,7 +61,8 @@ export type StoreName = 'limits' | 'tokens';
 
 const OVERHEAD_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 const UPSTREAM_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
-const QUEUE_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+// Finer around the common onLimit.queue times (1 s, 2 s, 5 s), so a p95 near them is not a wide guess.
+const QUEUE_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60];
 const FALLBACK_MODES: readonly OnStoreError[] = ['allow', 'deny', 'local'];
 const BREAKER_STATES = { closed: 'closed', halfOpen: 'half_open', open: 'open' } as const;
 /** A reading taken for one scrape serves every gauge of that scrape (they are collected together). */
