@@ -197,7 +197,7 @@ function upstreamProfile(
       allowPrivate: up.allowPrivate,
       ca,
     }),
-    credentials: credentialsMissing || !up.credentials ? undefined : credentials.acquire(name, up.credentials),
+    credentials: credentialsMissing || !up.credentials ? undefined : credentials.acquire(name, up.credentials, up.allowPrivate),
     credentialsMissing,
     headersTimeoutMs: up.timeouts.headers,
     bodyIdleTimeoutMs: up.timeouts.bodyIdle,

@@ -13,7 +13,9 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ConfigError, parseConfig } from '../src/config/load.js';
 import { EgressRefusedError, guardedLookup, literalRange, privateRange } from '../src/upstream/egress.js';
 import { proxyAuth, startGateway, testConfig, type TestGateway } from './helpers/gateway.js';
+import { startTokenEndpoint, type FakeTokenEndpoint } from './helpers/oauth.js';
 import { rawExchange } from './helpers/raw.js';
+import { until } from './helpers/wait.js';
 
 vi.mock('node:dns', async (importOriginal) => {
   const real = await importOriginal<typeof import('node:dns')>();
@@ -211,6 +213,46 @@ describe('a gateway in front of a private destination', () => {
   });
 });
 
+describe('OAuth2 token endpoints pass the same check', () => {
+  let endpoint: FakeTokenEndpoint;
+  let gw: TestGateway;
+  beforeAll(async () => {
+    endpoint = await startTokenEndpoint();
+    // The endpoint answers on 127.0.0.1; the config names it rebound.sluice.test (loopback too).
+    const tokenUrl = endpoint.url.replace('127.0.0.1', 'rebound.sluice.test');
+    const oauth2 = (name: string, allow: string) => `
+  ${name}:
+    match: { prefix: /${name} }
+    target: http://rebound.sluice.test:1
+${allow}    credentials:
+      type: oauth2
+      grant: client_credentials
+      tokenUrl: "${tokenUrl}"
+      clientId: ${name}-client
+      clientSecret: ${name}-client-secret-5a1b
+      timeout: 2s
+`;
+    gw = await startGateway(testConfig(oauth2('refused', '') + oauth2('allowed', '    allowPrivate: true\n')));
+  });
+  afterAll(async () => {
+    await gw.close();
+    await endpoint.close();
+  });
+
+  it('refuses a token URL that resolves to a private address without allowPrivate, and never calls it', async () => {
+    type Credentials = Record<string, { lastRefresh?: { outcome: string; detail?: string } }>;
+    const credentials = async () => ((await (await request(`${gw.adminUrl}/status`)).body.json()) as { credentials: Credentials }).credentials;
+    await until(async () => (await credentials()).refused?.lastRefresh !== undefined && (await credentials()).allowed?.lastRefresh !== undefined);
+    const state = await credentials();
+    expect(state.refused!.lastRefresh).toMatchObject({ outcome: 'failed', detail: expect.stringContaining('egress refused: rebound.sluice.test resolves to 127.0.0.1 (loopback)') });
+    expect(state.allowed!.lastRefresh).toMatchObject({ outcome: 'token' });
+    expect(endpoint.calls.map((call) => call.form.client_id)).toEqual(['allowed-client']);
+    const res = await request(`${gw.proxyUrl}/refused/x`, { headers: KEY });
+    expect(res.statusCode).toBe(503);
+    expect(await res.body.json()).toMatchObject({ error: 'credentials_unavailable', upstream: 'refused' });
+  });
+});
+
 describe('IP-literal targets at config load', () => {
   const config = (target: string, allow = '') => `upstreams:\n  a:\n    match: { prefix: /a }\n    target: ${target}\n${allow}`;
   const problems = (yaml: string) => {
@@ -230,6 +272,13 @@ describe('IP-literal targets at config load', () => {
     // The URL parser writes every form of an address one way: 2130706433 is 127.0.0.1.
     expect(problems(config('http://2130706433/'))[0]).toContain('127.0.0.1 is a loopback address');
     expect(problems(config('http://0.0.0.0:80'))[0]).toContain('0.0.0.0 is a "this network" address');
+  });
+
+  it('refuses a private address literal as an OAuth2 token URL too', () => {
+    const yaml = `${config('https://8.8.8.8')}    credentials: { type: oauth2, grant: client_credentials, tokenUrl: "http://10.0.0.7/token", clientId: c, clientSecret: s }\n`;
+    expect(problems(yaml)).toEqual([
+      'routes.yaml:5 upstreams.a.credentials.tokenUrl: 10.0.0.7 is a private address; the gateway refuses private destinations unless the upstream sets allowPrivate: true',
+    ]);
   });
 
   it('accepts them with allowPrivate: true, and public literals without', () => {

@@ -190,10 +190,14 @@ function crossChecks(config: Config, at: At): string[] {
       }
     });
     problems.push(...credentialChecks(up.credentials, (path, message) => at(['upstreams', name, 'credentials', ...path], message)));
-    const range = up.allowPrivate ? undefined : literalRange(up.target.hostname);
-    if (range !== undefined) {
-      const refusal = `${up.target.hostname} is ${article(range)} address; the gateway refuses private destinations`;
-      problems.push(at(['upstreams', name, 'target'], `${refusal} unless the upstream sets allowPrivate: true`));
+    // An address literal never reaches the connect-time check (there is nothing to resolve).
+    const literals: [string[], string][] = [[['target'], up.target.hostname]];
+    if (up.credentials?.type === 'oauth2') literals.push([['credentials', 'tokenUrl'], new URL(up.credentials.tokenUrl).hostname]);
+    for (const [path, host] of literals) {
+      const range = up.allowPrivate ? undefined : literalRange(host);
+      if (range === undefined) continue;
+      const refusal = `${host} is ${article(range)} address; the gateway refuses private destinations`;
+      problems.push(at(['upstreams', name, ...path], `${refusal} unless the upstream sets allowPrivate: true`));
     }
   }
   if (config.tenants === undefined && !isLoopback(config.listen.proxy.host)) {

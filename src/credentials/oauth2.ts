@@ -47,6 +47,8 @@ const OUTCOME_OF_REPLY: Record<TokenReply['kind'], RefreshOutcome> = { token: 'o
 export interface OAuth2Options {
   upstream: string;
   config: OAuth2Config;
+  /** The upstream's allowPrivate: whether the token endpoint may be a private address. */
+  allowPrivate: boolean;
   /** The credential's state key in the store. */
   key: string;
   store: TokenStore;
@@ -253,7 +255,7 @@ export class OAuth2Credential implements CredentialProvider {
   /** The grant's call to the token endpoint, and what its answer leaves in the store. */
   private async refreshWith(fence: number): Promise<Token> {
     const { store, key, upstream, logger, config } = this.options;
-    const reply = await requestToken(config);
+    const reply = await requestToken(config, this.options.allowPrivate);
     this.lastRefresh = { at: this.clock(), outcome: reply.kind, ...(reply.kind === 'failed' ? { detail: reply.detail } : {}) };
     this.options.onRefresh?.(OUTCOME_OF_REPLY[reply.kind]);
     switch (reply.kind) {

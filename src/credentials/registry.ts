@@ -44,12 +44,15 @@ export class CredentialRegistry {
     this.sync = new CoolDownSync(store, logger, 'pool token cool-downs', () => this.pools(), prefix, syncEveryMs);
   }
 
-  /** The provider for an upstream's credentials block: the running one when the block is unchanged. */
-  acquire(upstream: string, config: CredentialsConfig): CredentialProvider {
-    const id = `${upstream}\n${digest(config)}`;
+  /**
+   * The provider for an upstream's credentials block: the running one when the block is unchanged.
+   * `allowPrivate` is the upstream's: its OAuth2 token endpoint may be private only when it may.
+   */
+  acquire(upstream: string, config: CredentialsConfig, allowPrivate = false): CredentialProvider {
+    const id = `${upstream}\n${allowPrivate}\n${digest(config)}`;
     let provider = this.providers.get(id);
     if (!provider) {
-      provider = this.create(upstream, config);
+      provider = this.create(upstream, config, allowPrivate);
       this.providers.set(id, provider);
     }
     return provider;
@@ -74,7 +77,7 @@ export class CredentialRegistry {
     for (const provider of this.providers.values()) if (provider instanceof TokenPool) yield provider;
   }
 
-  private create(upstream: string, config: CredentialsConfig): CredentialProvider {
+  private create(upstream: string, config: CredentialsConfig, allowPrivate: boolean): CredentialProvider {
     const { store, sealer, prefix, logger, learnSecret, storeReady, onRefresh } = this.context;
     // Keyed by the grant, not the upstream: two upstreams on one refresh token share its budget.
     const key = `{${prefix}:cred:${identity(config)}}`;
@@ -98,6 +101,7 @@ export class CredentialRegistry {
         return new OAuth2Credential({
           upstream,
           config,
+          allowPrivate,
           key,
           store,
           sealer,

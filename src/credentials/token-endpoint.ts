@@ -4,9 +4,12 @@
  * retrying. Zoho's quirks are named here: it answers errors with HTTP 200, says "invalid_code" for
  * a revoked refresh token, and "Access Denied / too many requests" when it blocks a client.
  * Nothing the endpoint sends is logged or shown as is: only status codes and error codes.
+ * The call passes the same egress check as the upstream's own traffic (upstream/egress.ts): a
+ * token URL that resolves to a private address is refused unless the upstream sets allowPrivate.
  */
-import { request } from 'undici';
+import { Agent, request } from 'undici';
 import type { CredentialsConfig } from '../config/schema.js';
+import { asEgressRefusal, guardedLookup } from '../upstream/egress.js';
 
 export type OAuth2Config = Extract<CredentialsConfig, { type: 'oauth2' }>;
 
@@ -29,7 +32,18 @@ const MAX_TOKEN_LIFETIME_MS = 24 * 3_600_000;
 /** A token goes into a header: anything but visible ASCII could split it. */
 const TOKEN_SHAPE = /^[\x21-\x7e]{1,8192}$/;
 
-export async function requestToken(config: OAuth2Config): Promise<TokenReply> {
+/** One agent per egress policy, for every token endpoint: refreshes are rare, so one pool each is plenty. */
+const agents = new Map<boolean, Agent>();
+function agentFor(allowPrivate: boolean): Agent {
+  let agent = agents.get(allowPrivate);
+  if (!agent) {
+    agent = new Agent({ connect: { lookup: guardedLookup(allowPrivate) } });
+    agents.set(allowPrivate, agent);
+  }
+  return agent;
+}
+
+export async function requestToken(config: OAuth2Config, allowPrivate: boolean): Promise<TokenReply> {
   const form = new URLSearchParams({ grant_type: config.grant });
   if (config.grant === 'refresh_token') form.set('refresh_token', config.refreshToken ?? '');
   if (config.scope !== undefined) form.set('scope', config.scope);
@@ -46,6 +60,7 @@ export async function requestToken(config: OAuth2Config): Promise<TokenReply> {
   let retryAfter: string | string[] | undefined;
   try {
     const response = await request(config.tokenUrl, {
+      dispatcher: agentFor(allowPrivate),
       method: 'POST',
       headers,
       body: form.toString(),
@@ -118,6 +133,8 @@ function retryAfterMsOf(header: string | string[] | undefined): number | undefin
 
 /** A transport failure in words that carry no URL, header or body: the error's code only. */
 function failureOf(err: unknown): string {
+  const refused = asEgressRefusal(err);
+  if (refused) return `egress refused: ${refused.message}`;
   if (err instanceof Error) {
     if (err.name === 'TimeoutError' || err.name === 'AbortError') return 'no answer in time';
     const code = (err as { code?: unknown }).code;
