@@ -8,7 +8,8 @@ import { connect, type Socket } from 'node:net';
 import { GatewayError } from '../errors.js';
 import type { UpstreamProfile } from '../policy.js';
 import { guardedLookup } from '../upstream/egress.js';
-import { ClientGoneError, connectFailure } from '../upstream/forward.js';
+import { connectFailure } from '../upstream/failures.js';
+import { ClientGoneError } from '../upstream/forward.js';
 import { CONNECTION_ESTABLISHED } from './respond.js';
 
 /**
