@@ -89,7 +89,7 @@ export class Gateway implements ProxyContext {
     const opened = openStore(storeConfig, this.logger, (store) => this.metrics.storeError(store));
     this.storeConnected = opened.connected;
     this.storeDegraded = opened.degraded;
-    this.limiter = new Limiter(opened.store, storeConfig.leaseTtl);
+    this.limiter = new Limiter(opened.store, storeConfig.leaseTtl, this.logger);
     this.pools = new PoolRegistry();
     this.tunnels = new Tunnels(listen.maxTunnels);
     this.usage = new UsageReader(this.limiter, this.logger);

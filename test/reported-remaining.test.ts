@@ -86,18 +86,19 @@ function cases(store: () => string): void {
   it('with a pool, a token\'s count lowers its own rule per credential, not the rule of the whole pool', async () => {
     const gw = await start(
       config(
-        `{ name: pool-wide, rate: 10/min, burst: 20 }
+        `{ name: pool-wide, rate: 10/min, burst: 30 }
       - { name: per-token, rate: 10/min, burst: 20, per: credential }
     credentials: { type: pool, header: X-Token, tokens: [token-one-1111, token-two-2222] }`,
         store(),
       ),
     );
-    await reported(gw, { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': '3600' });
-    // The lowered token is out of room; the other one serves, and the pool-wide rule still has room.
-    expect(await statuses(gw, 4)).toEqual([200, 200, 200, 200]);
-    const tokens = up.seen.map((request) => request.token);
-    expect(tokens.slice(1).every((token) => token === tokens[1])).toBe(true);
-    expect(tokens[1]).not.toBe(tokens[0]);
+    await reported(gw, { 'x-ratelimit-remaining': '1', 'x-ratelimit-reset': '3600' });
+    const lowered = up.seen[0]!.token;
+    // That token has 1 left and the other its 20: 21 more, then the gateway refuses by itself. The
+    // pool-wide rule (30) is not lowered to 1, or the second request would have been refused.
+    expect(await statuses(gw, 22)).toEqual([...Array<number>(21).fill(200), 429]);
+    expect(up.seen.filter((request) => request.token === lowered)).toHaveLength(2);
+    expect(up.seen).toHaveLength(22);
   });
 }
 

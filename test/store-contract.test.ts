@@ -43,6 +43,8 @@ const request = (rules: StoreRule[], more: Partial<DecideRequest> = {}): DecideR
   rules, candidates: 1, lease: `lease-${++leases}`, leaseTtlMs: 30_000, ...more,
 });
 const outcome = (ok: boolean, waitMs: number, remaining: number, resetMs: number) => ({ ok, waitMs, remaining, resetMs });
+/** Every rule lowered to the same count. */
+const to = (rules: StoreRule[], remaining: number) => rules.map((rule) => ({ rule, remaining }));
 
 function contract(backend: Backend): void {
   const decide = (rules: StoreRule[], more: Partial<DecideRequest> = {}) => backend.store().decide(request(rules, more));
@@ -155,7 +157,7 @@ function contract(backend: Backend): void {
     now += 100; // one slot back: b's (it waits, behind its share); a, beyond its own, may not borrow it
     expect((await store.peek([b]))[0]).toMatchObject({ ok: true, remaining: 1 });
     expect((await store.peek([a]))[0]!.ok).toBe(false);
-    await store.lower([b], 0);
+    await store.lower(to([b], 0));
     expect((await store.peek([b]))[0]!.ok).toBe(false);
     expect((await decide([b])).admitted).toBe(false);
   });
@@ -167,17 +169,28 @@ function contract(backend: Backend): void {
     const c = concurrency(`${k}:c`, 2);
     const f = fairRate(`${k}:f`, 100, 1000, 10, 'a');
     await decide([r, q, f]);
-    await store.lower([r, q, c, f], 2);
+    await store.lower(to([r, q, c, f], 2));
     expect((await store.peek([r, q, c, f])).map((o) => o.remaining)).toEqual([2, 2, 2, 2]);
-    await store.lower([r, q, f], 3); // more than the state allows: nothing changes
+    await store.lower(to([r, q, f], 3)); // more than the state allows: nothing changes
     expect((await store.peek([r, q, f])).map((o) => o.remaining)).toEqual([2, 2, 2]);
     expect((await decide([r])).admitted).toBe(true);
     expect((await decide([r])).admitted).toBe(true);
     expect(await one([r])).toEqual(outcome(false, 1000, 0, 5000));
     now += 1000; // a lowered bucket refills at its own rate
     expect((await decide([r])).admitted).toBe(true);
-    await store.lower([q], 0);
+    await store.lower(to([q], 0));
     expect((await one([q])).ok).toBe(false);
+  });
+
+  it('lower: each rule to its own count, in one call', async () => {
+    const store = backend.store();
+    const r = rate(`${k}:r`, 10, 10_000, 5);
+    const q = quota(`${k}:q`, 100, HOUR);
+    await store.lower([
+      { rule: r, remaining: 1 },
+      { rule: q, remaining: 40 },
+    ]);
+    expect((await store.peek([r, q])).map((o) => o.remaining)).toEqual([1, 40]);
   });
 
   it('all admit or none consumes', async () => {
@@ -494,7 +507,7 @@ function redisOnly(ctx: () => { redis: TestRedis; store: RedisStore }): void {
       if (random() < 0.1) expectSamePeek(await store.peek(single), await memory.peek(single));
       if (random() < 0.05) {
         const remaining = Math.floor(random() * 4);
-        await Promise.all([memory.lower(single, remaining), store.lower(single, remaining)]);
+        await Promise.all([memory.lower(to(single, remaining)), store.lower(to(single, remaining))]);
         seen.lowered++;
       }
       if (held.length > 0 && random() < 0.3) {

@@ -7,7 +7,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Tenant } from '../tenants/identify.js';
-import type { Lease, LimitStore, RuleOutcome, StoreDecision } from '../store/store.js';
+import type { Logger } from '../observability/logger.js';
+import { StoreUnavailableError, type Lease, type LimitStore, type Lowering, type RuleOutcome, type StoreDecision } from '../store/store.js';
 import type { ReportedCount } from './feedback.js';
 import { WaitQueue, type Attempt } from './queue.js';
 import type { LimitRule, RuleSet, RuleState, UpstreamLimits } from './rules.js';
@@ -28,9 +29,11 @@ export interface Admission {
   /**
    * The upstream reported counts left (X-RateLimit-Remaining, RateLimit): the request's rules that
    * speak for the same thing are pulled down to them in the store (see `countsFor`). `pooled`: the
-   * request carried a pool token, whose count the upstream reports. Fire and forget.
+   * `member`: the pool token the request carried (whose count the upstream reports), which may not
+   * be the one the limits chose if that one went out of rotation meanwhile. One store call, fire
+   * and forget.
    */
-  lowerTo(counts: readonly ReportedCount[], pooled: boolean): void;
+  lowerTo(counts: readonly ReportedCount[], member: number | undefined): void;
 }
 
 export type Verdict = Admission | Refusal;
@@ -72,9 +75,13 @@ export class Limiter {
   private readonly instance = randomBytes(6).toString('base64url');
   private sequence = 0;
 
+  /** A lowering failed other than by the store being away (a script error): said once. */
+  private loweringFailed = false;
+
   constructor(
     private readonly store: LimitStore,
     private readonly leaseTtlMs: number,
+    private readonly logger?: Logger,
   ) {
     this.renewer = setInterval(() => void this.renew(), leaseTtlMs / 3).unref();
   }
@@ -158,16 +165,18 @@ export class Limiter {
       headers: report.headers,
       shadowLimited: report.shadowLimited,
       queuedMs: 0,
-      lowerTo: (counts, pooled) => {
+      lowerTo: (counts, member) => {
         const elapsedMs = performance.now() - admittedAt;
+        const lowerings: Lowering[] = [];
         set.rules.forEach((rule, i) => {
-          const remaining = countFor(rule, decision.outcomes[i]!, counts, pooled, elapsedMs);
-          if (remaining === undefined) return;
           const store = set.storeRules[i]!;
-          const key = store.keys[store.keys.length > 1 ? decision.candidate : 0]!;
-          // A store that cannot answer now misses one hint; the next response brings another.
-          this.store.lower([{ ...store, keys: [key] }], remaining).catch(() => undefined);
+          const token = store.keys.length > 1 ? (member ?? decision.candidate) : 0;
+          // What the rule counted left is known for the token the limits chose; for another, the store compares.
+          const counted = token === decision.candidate || store.keys.length === 1 ? decision.outcomes[i]! : { ...decision.outcomes[i]!, remaining: Infinity };
+          const remaining = countFor(rule, counted, counts, member !== undefined, elapsedMs);
+          if (remaining !== undefined) lowerings.push({ rule: { ...store, keys: [store.keys[token]!] }, remaining });
         });
+        if (lowerings.length > 0) void this.lower(lowerings);
       },
       release: () => {
         if (!this.held.delete(lease)) return;
@@ -177,6 +186,17 @@ export class Limiter {
         );
       },
     };
+  }
+
+  /** A store that cannot answer now misses one hint (the next response brings another); any other failure is a fault to show. */
+  private async lower(lowerings: readonly Lowering[]): Promise<void> {
+    try {
+      await this.store.lower(lowerings);
+    } catch (err) {
+      if (err instanceof StoreUnavailableError || this.loweringFailed) return;
+      this.loweringFailed = true;
+      this.logger?.error({ err: String(err) }, 'pulling limits down to an upstream\'s count failed; said once, until a restart');
+    }
   }
 
   private async renew(): Promise<void> {

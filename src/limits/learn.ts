@@ -26,7 +26,7 @@ export class ResponseFeedback implements ResponseListener {
     /** The pool token the request carried (undefined: no pool; a pause is the upstream's). */
     private readonly member: number | undefined,
     /** The admission's: the upstream reported these counts left. */
-    private readonly lowerTo: (counts: readonly ReportedCount[], pooled: boolean) => void,
+    private readonly lowerTo: (counts: readonly ReportedCount[], member: number | undefined) => void,
     private readonly clock: () => number = Date.now,
   ) {}
 
@@ -36,7 +36,7 @@ export class ResponseFeedback implements ResponseListener {
     const learned = says ? pauseFromHeaders(status, headers, this.clock(), this.config.maxPause) : undefined;
     this.take(learned);
     const counts = says ? reportedCounts(headers, this.clock()) : undefined;
-    if (counts && counts.length > 0) this.lowerTo(counts, this.member !== undefined);
+    if (counts && counts.length > 0) this.lowerTo(counts, this.member);
     this.encoding = headers['content-encoding'];
     const readBody = this.config.body.length > 0 && isJson(headers['content-type']);
     if (status !== 429 && !readBody) return NOTHING;

@@ -28,8 +28,8 @@ KEYS  every rule's state keys in rule order: one shared key, or one per credenti
 ARGV  1 now in ms ('' = Redis TIME; tests pass their driven clock)
       2 candidates   3 lease id   4 lease TTL ms   5 excluded candidates (0-based, comma-separated)
       6 mode: 'd' decide, 'p' peek (read every rule, consume nothing), 'l' lower (pull rate and
-        quota rules down to ARGV 7 remaining); peek and lower take one key per rule
-      7 remaining (lower only, else '')
+        quota rules down to their remaining counts in ARGV 7); peek and lower take one key per rule
+      7 lower: the remaining count of each rule, comma-separated (else '')
       then 10 fields per rule: kind ('r' rate, 'f' fair-share rate, 'q' quota, 'c' concurrency),
       key count, limit, periodMs, burst, shadow ('1' or '0'), and for 'f' only (else ''):
       tenant, weight, reservePerMs, activeWindowMs.
@@ -323,9 +323,11 @@ if mode == 'p' then
   return reply
 end
 if mode == 'l' then
-  local remaining = tonumber(ARGV[7])
-  for _, list in ipairs(evaluations) do
-    if list[1].lower then list[1].lower(remaining) end
+  local i = 0
+  for remaining in string.gmatch(ARGV[7], '[^,]+') do
+    i = i + 1
+    local e = evaluations[i][1]
+    if e.lower then e.lower(tonumber(remaining)) end
   end
   return {}
 end

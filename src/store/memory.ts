@@ -12,6 +12,7 @@ import {
   type DecideRequest,
   type Lease,
   type LimitStore,
+  type Lowering,
   type RuleOutcome,
   type StoreDecision,
   type StoreRule,
@@ -104,9 +105,9 @@ export class MemoryStore implements LimitStore {
     return Promise.resolve(rules.map((rule) => available(rule, this.evaluate(rule, rule.keys[0]!, now, READ_ONLY).outcome)));
   }
 
-  lower(rules: readonly StoreRule[], remaining: number): Promise<void> {
+  lower(lowerings: readonly Lowering[]): Promise<void> {
     const now = this.clock();
-    for (const rule of rules) this.evaluate(rule, rule.keys[0]!, now, READ_ONLY).lower?.(remaining);
+    for (const { rule, remaining } of lowerings) this.evaluate(rule, rule.keys[0]!, now, READ_ONLY).lower?.(remaining);
     return Promise.resolve();
   }
 

@@ -17,6 +17,7 @@ import {
   type DecideRequest,
   type Lease,
   type LimitStore,
+  type Lowering,
   type RuleOutcome,
   type StoreDecision,
   type StoreRule,
@@ -133,8 +134,9 @@ export class RedisStore implements LimitStore {
     return outcomesOf(reply, 0);
   }
 
-  async lower(rules: readonly StoreRule[], remaining: number): Promise<void> {
-    await this.run({ ...READ_ONLY, rules }, { mode: 'l', remaining });
+  async lower(lowerings: readonly Lowering[]): Promise<void> {
+    const rules = lowerings.map((l) => l.rule);
+    await this.run({ ...READ_ONLY, rules }, { mode: 'l', remaining: lowerings.map((l) => l.remaining) });
   }
 
   /** One run of decide.lua; its failures are sorted into "the store is down" and "this call failed". */
@@ -214,10 +216,10 @@ export class RedisStore implements LimitStore {
   }
 }
 
-/** decide.lua's mode (ARGV 6) and the remaining count a lowering brings the rules to (ARGV 7). */
+/** decide.lua's mode (ARGV 6) and the remaining counts a lowering brings its rules to (ARGV 7). */
 interface ScriptMode {
   mode: 'd' | 'p' | 'l';
-  remaining?: number;
+  remaining?: readonly number[];
 }
 const DECIDE: ScriptMode = { mode: 'd' };
 const PEEK: ScriptMode = { mode: 'p' };
@@ -233,7 +235,7 @@ function encode(request: DecideRequest, { mode, remaining }: ScriptMode, now: nu
     request.leaseTtlMs,
     request.excluded?.join(',') ?? '',
     mode,
-    remaining ?? '',
+    remaining?.join(',') ?? '',
   ];
   for (const rule of request.rules) {
     const fair = rule.kind === 'rate' ? rule.fair : undefined;

@@ -16,6 +16,7 @@ import {
   type DecideRequest,
   type Lease,
   type LimitStore,
+  type Lowering,
   type RuleOutcome,
   type StoreDecision,
   type StoreRule,
@@ -78,15 +79,21 @@ export class ResilientStore implements LimitStore {
   async peek(rules: readonly StoreRule[]): Promise<RuleOutcome[]> {
     const shared = await this.viaShared(() => this.shared.peek(rules));
     if (shared) return shared.answer;
-    if (this.onError === 'local') return this.local.peek(this.share(rules));
-    throw new StoreUnavailableError('the shared limit store cannot be reached');
+    if (this.onError !== 'local') throw new StoreUnavailableError('the shared limit store cannot be reached');
+    // This instance's share, read as the whole: the same part used, so usage against the
+    // configured capacity reads as it would from Redis.
+    const instances = Math.max(1, this.shared.instances());
+    return (await this.local.peek(this.share(rules))).map((o) => ({ ...o, remaining: o.remaining * instances }));
   }
 
   /** As peek: the state that decides now is the one lowered. */
-  async lower(rules: readonly StoreRule[], remaining: number): Promise<void> {
-    if (this.degradedSince === undefined) return this.shared.lower(rules, remaining);
+  async lower(lowerings: readonly Lowering[]): Promise<void> {
+    if (await this.viaShared(() => this.shared.lower(lowerings))) return;
+    if (this.onError !== 'local') return;
     // The upstream's count is for the whole cluster; this instance's share of it is its part.
-    if (this.onError === 'local') return this.local.lower(this.share(rules), Math.floor(remaining / Math.max(1, this.shared.instances())));
+    const instances = Math.max(1, this.shared.instances());
+    const scaled = this.share(lowerings.map((l) => l.rule));
+    await this.local.lower(lowerings.map((l, i) => ({ rule: scaled[i]!, remaining: Math.floor(l.remaining / instances) })));
   }
 
   /** The limit store cannot be reached and store.onError applies (metrics and status). */

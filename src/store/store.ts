@@ -71,6 +71,12 @@ export interface StoreDecision {
   outcomes: RuleOutcome[];
 }
 
+/** A rule to pull down to what the upstream reports, and the count left to pull it to. */
+export interface Lowering {
+  rule: StoreRule;
+  remaining: number;
+}
+
 export interface Lease {
   key: string;
   id: string;
@@ -87,12 +93,12 @@ export interface LimitStore {
    */
   peek(rules: readonly StoreRule[]): Promise<RuleOutcome[]>;
   /**
-   * The upstream reported fewer requests left than the gateway counts: rate and quota rules are
-   * pulled down so that at most `remaining` more are admitted (until they refill at their own
-   * rate, or the period ends); a rule already at or below it, and concurrency rules, are left
-   * alone. Single-key rules, as for peek. Throws StoreUnavailableError like decide.
+   * The upstream reported fewer requests left than the gateway counts: each rate and quota rule is
+   * pulled down so that at most its `remaining` more are admitted (until it refills at its own
+   * rate, or its period ends); a rule already at or below that, and concurrency rules, are left
+   * alone. Single-key rules, as for peek; all in one call. Throws StoreUnavailableError like decide.
    */
-  lower(rules: readonly StoreRule[], remaining: number): Promise<void>;
+  lower(lowerings: readonly Lowering[]): Promise<void>;
   /** Ends leases; never throws (an unreleased lease expires by its TTL). */
   release(leases: readonly Lease[]): Promise<void>;
   /** Extends leases still held to now + ttlMs (requests longer than the TTL keep their lease). */
