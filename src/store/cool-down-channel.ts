@@ -49,6 +49,8 @@ export class CoolDownSubscriber {
   /** Listeners told that Redis refused to announce: not told again until a subscription succeeds. */
   private readonly told = new Set<CoolDownListener>();
   private pinger: NodeJS.Timeout | undefined;
+  /** close() was called: no connection opens again, whoever watches. */
+  private closed = false;
 
   constructor(
     private readonly client: Redis | Cluster,
@@ -57,6 +59,8 @@ export class CoolDownSubscriber {
   ) {}
 
   watch(prefix: string, listener: CoolDownListener): CoolDownWatch {
+    // The store is closed: hear nothing rather than open a connection nobody would close.
+    if (this.closed) return { close: () => undefined };
     const pattern = coolDownPattern(prefix);
     let listeners = this.watchers.get(pattern);
     if (!listeners) {
@@ -75,8 +79,25 @@ export class CoolDownSubscriber {
     if (!listeners?.delete(listener) || listeners.size > 0) return;
     this.watchers.delete(pattern);
     if (this.watchers.size > 0) return void this.connection?.punsubscribe(pattern).catch(() => undefined);
-    // Nobody listens any more (the gateway stops): no goodbye to a Redis that may be gone.
+    this.disconnect();
+  }
+
+  /**
+   * Ends the listening connection even if watchers remain (their watches then hear nothing), for
+   * good: its owner (RedisStore.close) is going away, and a connection left open would reconnect
+   * every half second and keep the process alive. Idempotent.
+   */
+  close(): void {
+    this.closed = true;
+    this.watchers.clear();
+    this.told.clear();
+    this.disconnect();
+  }
+
+  /** Nobody listens any more (the gateway stops): no goodbye to a Redis that may be gone. */
+  private disconnect(): void {
     clearInterval(this.pinger);
+    this.pinger = undefined;
     this.connection?.disconnect();
     this.connection = undefined;
   }

@@ -114,6 +114,14 @@ export class RedisTokenStore implements TokenStore {
     return this.subscriber.watch(prefix, listener);
   }
 
+  /**
+   * Ends the listening connection, whatever watches are still open (RedisStore.close calls it: the
+   * shared client is going away). Not part of TokenStore: the client is RedisStore's to close.
+   */
+  close(): void {
+    this.subscriber.close();
+  }
+
   /** One script run, its failure sorted as RedisStore.decide sorts it. */
   private async call(script: keyof typeof SCRIPTS, key: string, ...args: (string | number)[]): Promise<unknown> {
     try {

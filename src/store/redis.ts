@@ -68,6 +68,8 @@ export class RedisStore implements LimitStore {
   private lastInstances = 1;
   private available: boolean | undefined;
   private closed = false;
+  /** Handed out by tokens(): close() ends their listening connections too. */
+  private readonly tokenStores = new Set<RedisTokenStore>();
 
   static connect(options: RedisStoreOptions): RedisStore {
     return new RedisStore(createClient(options), options);
@@ -168,13 +170,20 @@ export class RedisStore implements LimitStore {
 
   /** Credential state on the same client, with the same bound on every call and the same test clock. */
   tokens(): TokenStore {
-    return new RedisTokenStore(this.client, (promise) => this.bounded(promise), this.clock);
+    const tokens = new RedisTokenStore(this.client, (promise) => this.bounded(promise), this.clock);
+    if (this.closed) tokens.close();
+    else this.tokenStores.add(tokens);
+    return tokens;
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.heartbeat);
+    // The token stores' pub/sub connections are duplicates of the client, not closed with it: a
+    // watcher never closed would leave one reconnecting every RECONNECT_EVERY_MS, for ever.
+    for (const tokens of this.tokenStores) tokens.close();
+    this.tokenStores.clear();
     // Leave the instances set at once, so the others' shares grow without waiting 15 s.
     await this.quietly([this.client.zrem(this.instancesKey, this.id)]);
     await this.quietly([this.client.quit()]);
