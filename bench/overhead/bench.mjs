@@ -10,7 +10,9 @@
 // Environment: BENCH_SECONDS (5), BENCH_ROUNDS (3), BENCH_WARMUP seconds (2), BENCH_CONNECTIONS
 // ("1,50"), BENCH_LOAD_CPU (0), BENCH_SERVER_CPU (1), BENCH_TARGETS (comma list of target keys,
 // default: all but the opt-in ones; keys: sluice nginx undici httpproxy, and opt-in sluice-quiet
-// sluice-limits sluice-limits-redis), BENCH_PROFILE=1 (afterwards, profile the gateway under load with --cpu-prof into
+// sluice-limits sluice-limits-redis), BENCH_BASELINE=DIR (also run DIR/dist/cli.js, another build of
+// the gateway, e.g. a worktree of an earlier commit, as target sluice-baseline: changes compared in
+// one interleaved run), BENCH_PROFILE=1 (afterwards, profile the gateway under load with --cpu-prof into
 // /tmp and summarise it), BENCH_JSON=FILE (also write every run's figures there), BENCH_REDIS_URL
 // (redis://127.0.0.1:6379, for sluice-limits-redis).
 import { spawn, spawnSync } from 'node:child_process';
@@ -44,6 +46,8 @@ const LOAD_CPU = env.BENCH_LOAD_CPU ?? '0';
 const SERVER_CPU = env.BENCH_SERVER_CPU ?? '1';
 const ONLY = env.BENCH_TARGETS ? new Set(env.BENCH_TARGETS.split(',').map((s) => s.trim())) : undefined;
 const PROFILE = env.BENCH_PROFILE === '1';
+/** Another build of the gateway to compare with in the same run (a checkout with dist/ built). */
+const BASELINE = env.BENCH_BASELINE ? resolve(env.BENCH_BASELINE) : undefined;
 const REDIS_URL = env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
 // The limits variants' store prefix: unique to this run, its Redis keys deleted at the end.
 const REDIS_PREFIX = `sluice-bench-${process.pid}-${Date.now().toString(36)}`;
@@ -167,14 +171,14 @@ async function cleanRedis() {
   }
 }
 
-async function startSluice(name, upstreamPort, { nodeArgs = [], logLevel, limits } = {}) {
+async function startSluice(name, upstreamPort, { nodeArgs = [], logLevel, limits, root = ROOT } = {}) {
   const [port, adminPort] = await freePorts(2);
   const dir = join(work, name);
   mkdirSync(dir);
   const configPath = join(dir, 'routes.yaml');
   writeFileSync(configPath, sluiceConfig(dir, port, adminPort, upstreamPort, logLevel, limits));
   // stdout is the request log (one JSON line per request): to /dev/null.
-  const child = start(name, SERVER_CPU, process.execPath, [...nodeArgs, join(ROOT, 'dist/cli.js'), 'start', '--config', configPath], {
+  const child = start(name, SERVER_CPU, process.execPath, [...nodeArgs, join(root, 'dist/cli.js'), 'start', '--config', configPath], {
     stdout: 'null',
     cwd: dir,
   });
@@ -265,7 +269,8 @@ async function main() {
   const skipped = [];
   // 'sluice-quiet' (the gateway with log.level silent, to see what the request log costs) and the
   // limits variants run only when BENCH_TARGETS names them.
-  const want = (key) => key === 'direct' || (ONLY ? ONLY.has(key) : !OPT_IN.has(key));
+  // The baseline runs whenever BENCH_BASELINE names one.
+  const want = (key) => key === 'direct' || key === 'sluice-baseline' || (ONLY ? ONLY.has(key) : !OPT_IN.has(key));
   const tryStart = async (key, label, fn) => {
     if (!want(key)) return;
     try {
@@ -279,6 +284,9 @@ async function main() {
   await tryStart('sluice-quiet', 'Sluice, log silent', () => startSluice('sluice-quiet', upstreamPort, { logLevel: 'silent' }));
   await tryStart('sluice-limits', 'Sluice, limits memory', () => startSluice('sluice-limits', upstreamPort, { limits: 'memory' }));
   await tryStart('sluice-limits-redis', 'Sluice, limits Redis', () => startSluice('sluice-limits-redis', upstreamPort, { limits: 'redis' }));
+  if (BASELINE) {
+    await tryStart('sluice-baseline', `Sluice baseline (${BASELINE})`, () => startSluice('sluice-baseline', upstreamPort, { root: BASELINE }));
+  }
   if (have('nginx')) await tryStart('nginx', 'nginx proxy_pass', () => startNginx(upstreamPort));
   else if (want('nginx')) skipped.push('nginx proxy_pass: nginx is not installed');
   await tryStart('undici', 'undici forwarder', () => startNodeForwarder('undici', 'forward-undici.mjs', upstreamPort));
@@ -450,6 +458,13 @@ async function main() {
     for (const c of CONNS) {
       const r = s(c).rps / M('direct', c).rps;
       checks.push([`Sluice req/s ÷ direct, c=${c}`, ratio(r), '–', '–']);
+    }
+    if (has('sluice-baseline')) {
+      for (const c of CONNS) {
+        const b = M('sluice-baseline', c);
+        checks.push([`Sluice CPU/request ÷ baseline, c=${c}`, `${ratio(s(c).cpu / b.cpu)} (${f1(s(c).cpu)} vs ${f1(b.cpu)} µs)`, '–', '–']);
+        checks.push([`Sluice req/s ÷ baseline, c=${c}`, ratio(s(c).rps / b.rps), '–', '–']);
+      }
     }
   }
   for (const t of targets) {
