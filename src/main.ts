@@ -110,20 +110,17 @@ export class Gateway implements ProxyContext {
       onRefresh: (upstream, outcome) => this.metrics.credentialRefresh(upstream, outcome),
       syncEveryMs: options.syncEveryMs,
     });
-    this.breakers = new BreakerRegistry({
+    // Breaker openings and learned pauses are shared the same way: written to the token store, and
+    // read back by every instance (announced, and polled).
+    const coolDowns = {
       store: opened.tokens,
       prefix: storeConfig.prefix,
       logger: this.logger,
       shared: storeConfig.type === 'redis',
       syncEveryMs: options.syncEveryMs,
-    });
-    this.pauses = new PauseRegistry({
-      store: opened.tokens,
-      prefix: storeConfig.prefix,
-      logger: this.logger,
-      shared: storeConfig.type === 'redis',
-      syncEveryMs: options.syncEveryMs,
-    });
+    };
+    this.breakers = new BreakerRegistry(coolDowns);
+    this.pauses = new PauseRegistry(coolDowns);
     this.policy = new Policy(loaded, this.registries());
     for (const warning of loaded.warnings) this.logger.warn({ config: loaded.source }, warning);
     this.proxyServer = createProxyServer(this, listen);

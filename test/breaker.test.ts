@@ -13,30 +13,14 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { getAnswer } from './helpers/answer.js';
 import { startGateway, testConfig, type TestGateway } from './helpers/gateway.js';
 import { describeWithRedis, sharedRedis, type TestRedis } from './helpers/redis.js';
 import { startUpstream, type FakeUpstream } from './helpers/upstream.js';
 
 const KEY = { 'x-sluice-key': 'acme:acme-secret-key-1' };
 
-interface Answer {
-  status: number;
-  retryAfter: string | undefined;
-  body: Record<string, unknown>;
-}
-
-async function get(gw: TestGateway, path: string): Promise<Answer> {
-  const res = await request(`${gw.proxyUrl}${path}`, { headers: KEY });
-  const text = await res.body.text();
-  let body: Record<string, unknown> = {};
-  try {
-    body = JSON.parse(text) as Record<string, unknown>;
-  } catch {
-    // not JSON: the status says enough
-  }
-  const retryAfter = res.headers['retry-after'];
-  return { status: res.statusCode, retryAfter: Array.isArray(retryAfter) ? retryAfter[0] : retryAfter, body };
-}
+const get = (gw: TestGateway, path: string) => getAnswer(gw, path, KEY);
 
 async function breakers(gw: TestGateway): Promise<Record<string, Record<string, unknown>>> {
   const res = await request(`${gw.adminUrl}/status`);

@@ -15,6 +15,7 @@ import { CoolDownSync } from '../src/store/cool-down-sync.js';
 import { PauseRegistry } from '../src/limits/pauses.js';
 import type { Logger } from '../src/observability/logger.js';
 import type { TokenStore } from '../src/store/tokens.js';
+import { getAnswer } from './helpers/answer.js';
 import { testConfig, type TestGateway } from './helpers/gateway.js';
 import { describeWithRedis, sharedRedis, type TestRedis } from './helpers/redis.js';
 import { firstOnly, scriptedUpstream, type Reply } from './helpers/scripted-upstream.js';
@@ -22,24 +23,7 @@ import { until } from './helpers/wait.js';
 
 const KEY = { 'x-sluice-key': 'acme:acme-secret-key-1' };
 
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  body: Record<string, unknown>;
-}
-
-async function get(gw: TestGateway, path: string): Promise<Answer> {
-  const res = await request(`${gw.proxyUrl}${path}`, { headers: KEY });
-  const text = await res.body.text();
-  let body: Record<string, unknown> = {};
-  try {
-    body = JSON.parse(text) as Record<string, unknown>;
-  } catch {
-    // not JSON: the status says enough
-  }
-  return { status: res.statusCode, headers: res.headers, text, body };
-}
+const get = (gw: TestGateway, path: string) => getAnswer(gw, path, KEY);
 
 const { up, start, upstreamYaml } = scriptedUpstream();
 
