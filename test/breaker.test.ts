@@ -15,7 +15,7 @@ import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { getAnswer } from './helpers/answer.js';
 import { startGateway, testConfig, type TestGateway } from './helpers/gateway.js';
-import { describeWithRedis, sharedRedis, type TestRedis } from './helpers/redis.js';
+import { describeWithRedis, sharedRedisPerBlock } from './helpers/redis.js';
 import { startUpstream, type FakeUpstream } from './helpers/upstream.js';
 
 const KEY = { 'x-sluice-key': 'acme:acme-secret-key-1' };
@@ -241,18 +241,12 @@ describe('circuit breaker per pool token', () => {
 });
 
 await describeWithRedis('circuit breaker across instances (Redis)', () => {
-  let redis: TestRedis;
-  beforeAll(async () => {
-    redis = await sharedRedis();
-  });
-  afterAll(async () => {
-    await redis.cleanup();
-  });
+  const redis = sharedRedisPerBlock();
 
   it('an opening on one gateway opens the other for the cooldown left; each then probes on its own', async () => {
     const yaml = testConfig(
       upstreamConfig('api', upstream.url, '{ failures: 2, window: 20s, cooldown: 3s }'),
-      `store: { type: redis, url: "${redis.url}", prefix: ${redis.prefix} }`,
+      `store: { type: redis, url: "${redis().url}", prefix: ${redis().prefix} }`,
     );
     const one = await start(yaml);
     const two = await start(yaml);
@@ -277,6 +271,6 @@ await describeWithRedis('circuit breaker across instances (Redis)', () => {
     expect((await get(two, '/api/echo')).status).toBe(200);
     expect((await breakers(two)).api).toMatchObject({ state: 'closed' });
     expect((await breakers(one)).api?.state).not.toBe('closed');
-    expect(await redis.keys()).toEqual(expect.arrayContaining([expect.stringContaining(':breaker:api')]));
+    expect(await redis().keys()).toEqual(expect.arrayContaining([expect.stringContaining(':breaker:api')]));
   });
 });

@@ -10,14 +10,14 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { gzipSync } from 'node:zlib';
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CoolDownSync } from '../src/store/cool-down-sync.js';
 import { PauseRegistry } from '../src/limits/pauses.js';
 import type { Logger } from '../src/observability/logger.js';
 import type { TokenStore } from '../src/store/tokens.js';
 import { getAnswer } from './helpers/answer.js';
 import { testConfig, type TestGateway } from './helpers/gateway.js';
-import { describeWithRedis, sharedRedis, type TestRedis } from './helpers/redis.js';
+import { describeWithRedis, sharedRedisPerBlock } from './helpers/redis.js';
 import { firstOnly, scriptedUpstream, type Reply } from './helpers/scripted-upstream.js';
 import { until } from './helpers/wait.js';
 
@@ -287,16 +287,10 @@ describe('PauseRegistry', () => {
 });
 
 await describeWithRedis('learned pauses across instances (Redis)', () => {
-  let redis: TestRedis;
-  beforeAll(async () => {
-    redis = await sharedRedis();
-  });
-  afterAll(async () => {
-    await redis.cleanup();
-  });
+  const redis = sharedRedisPerBlock();
 
   it('a pause learned by one gateway is honoured by the other within about a second', async () => {
-    const yaml = testConfig(upstreamYaml('api'), `store: { type: redis, url: "${redis.url}", prefix: ${redis.prefix} }`);
+    const yaml = testConfig(upstreamYaml('api'), `store: { type: redis, url: "${redis().url}", prefix: ${redis().prefix} }`);
     const one = await start(yaml);
     const two = await start(yaml);
     up.answer = firstOnly({ status: 429, headers: { 'retry-after': '10' } });
@@ -318,7 +312,7 @@ await describeWithRedis('learned pauses across instances (Redis)', () => {
   it('a pool token paused by a body rule on one gateway is skipped by the other', async () => {
     const yaml = testConfig(
       upstreamYaml('bl', '    credentials: { type: pool, header: X-BLToken, tokens: [tok-a-1111, tok-b-2222] }\n' + BASELINKER_RULE),
-      `store: { type: redis, url: "${redis.url}", prefix: ${redis.prefix} }`,
+      `store: { type: redis, url: "${redis().url}", prefix: ${redis().prefix} }`,
     );
     const one = await start(yaml);
     const two = await start(yaml);

@@ -21,9 +21,9 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { CLK_TCK, cpuTicks } from '../lib/cpu.mjs';
 import { median, percentile } from './checks.mjs';
+import { int } from '../lib/settings.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const int = (v, d) => (Number.isInteger(Number(v)) && Number(v) > 0 ? Number(v) : d);
 const DURATION_MS = int(process.env.FIDELITY_DECIDE_MS, 1000);
 const ROUNDS = int(process.env.FIDELITY_ROUNDS, 3);
 const REDIS_URL = process.env.FIDELITY_REDIS_URL ?? 'redis://127.0.0.1:6379';

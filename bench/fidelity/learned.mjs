@@ -21,19 +21,17 @@
 // FIDELITY_LEARNED_STORES ("memory,redis"), FIDELITY_REDIS_URL (redis://127.0.0.1:6379),
 // FIDELITY_KEEP_TMP=1 (keep configs and gateway logs), FIDELITY_LEARNED_JSON=FILE (run.mjs: the
 // figures go to FILE and the exit status is 0 whatever the verdict; alone, a missed aim exits 1).
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { trackChildren } from '../lib/children.mjs';
 import { f1, table } from '../lib/format.mjs';
-import { freePorts } from '../lib/ports.mjs';
 import { cleanRedis, redisAnswers } from '../lib/redis.mjs';
-import { waitReady } from '../lib/ready.mjs';
+import { startGatewayChild } from '../lib/gateway-child.mjs';
+import { int } from '../lib/settings.mjs';
 import { median } from './checks.mjs';
 import { drive, nowMs } from './load.mjs';
 import { startChildServer } from './child-server.mjs';
@@ -41,7 +39,6 @@ import { startChildServer } from './child-server.mjs';
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
 const env = process.env;
-const int = (v, d, min = 1) => (v !== undefined && v !== '' && Number.isInteger(Number(v)) && Number(v) >= min ? Number(v) : d);
 const REDIS_URL = env.FIDELITY_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const JSON_OUT = env.FIDELITY_LEARNED_JSON;
 const PREFIX = `sluice-fidelity-learned-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -109,36 +106,22 @@ upstreams:
 }
 
 let gatewaySeq = 0;
-async function startGateway(store, variant, prefix, pauses) {
+/** Its stdout's warnings include one line per pause learned ("the upstream asked for a pause ..."). */
+function startGateway(store, variant, prefix, pauses) {
   const name = `gw${++gatewaySeq}-${store.key}-${variant.key}`;
-  const [port, adminPort] = await freePorts(2);
-  const dir = join(work, name);
-  mkdirSync(dir);
-  const configPath = join(dir, 'routes.yaml');
-  writeFileSync(configPath, gatewayYaml(dir, port, adminPort, store, variant, prefix));
-  const child = track(
-    spawn(process.execPath, [join(ROOT, 'dist/cli.js'), 'start', '--config', configPath, '--no-watch'], {
-      cwd: dir,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { PATH: env.PATH, NODE_ENV: 'production' },
-    }),
+  return startGatewayChild({
+    work,
+    track,
     name,
-  );
-  // stdout: the request log (kept in the temp dir only with FIDELITY_KEEP_TMP=1) and the warnings,
-  // among them one line per pause learned ("the upstream asked for a pause ...").
-  const keep = env.FIDELITY_KEEP_TMP === '1' ? createWriteStream(join(dir, 'stdout')) : undefined;
-  createInterface({ input: child.stdout }).on('line', (line) => {
-    keep?.write(`${line}\n`);
-    if (!line.includes('asked for a pause')) return;
-    try {
-      const o = JSON.parse(line);
-      pauses.push({ at: o.time, gw: name, pauseMs: o.pauseMs, source: o.source });
-    } catch {}
+    config: (dir, port, adminPort) => gatewayYaml(dir, port, adminPort, store, variant, prefix),
+    onLine: (line) => {
+      if (!line.includes('asked for a pause')) return;
+      try {
+        const o = JSON.parse(line);
+        pauses.push({ at: o.time, gw: name, pauseMs: o.pauseMs, source: o.source });
+      } catch {}
+    },
   });
-  const errLines = [];
-  createInterface({ input: child.stderr }).on('line', (line) => errLines.push(line));
-  await waitReady(child, name, adminPort, () => `:\n${errLines.slice(-15).join('\n')}`);
-  return { child, name, url: `http://127.0.0.1:${port}`, errLines };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -177,7 +160,7 @@ async function runOnce(store, variant, round) {
     const { arrivals } = await rpc('dump');
     await rpc('limit', {});
     const dead = gateways.filter((g) => g.child.exitCode !== null);
-    if (dead.length) throw new Error(`${dead.map((g) => g.name).join(', ')} died during the run:\n${dead[0].errLines.slice(-15).join('\n')}`);
+    if (dead.length) throw new Error(`${dead.map((g) => g.name).join(', ')} died during the run${dead[0].errTail()}`);
     return measure(store, variant, round, { start, deadline, arrivals, results, pauses });
   } finally {
     await Promise.all(gateways.map((g) => stopChild(g.child)));

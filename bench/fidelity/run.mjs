@@ -22,16 +22,16 @@
 // FIDELITY_REDIS_URL (redis://127.0.0.1:6379), FIDELITY_KEEP_TMP=1 (keep configs and gateway logs).
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { trackChildren } from '../lib/children.mjs';
 import { f0, f1, f3, ratio, table } from '../lib/format.mjs';
-import { freePorts } from '../lib/ports.mjs';
 import { cleanRedis, redisAnswers } from '../lib/redis.mjs';
-import { waitReady } from '../lib/ready.mjs';
+import { startGatewayChild } from '../lib/gateway-child.mjs';
+import { int } from '../lib/settings.mjs';
 import { busyMs, concurrencySweep, jainIndex, maxInWindow, median, quotaViolations, rateViolations, tightestSpan } from './checks.mjs';
 import { drive, nowMs } from './load.mjs';
 import { startChildServer } from './child-server.mjs';
@@ -39,7 +39,6 @@ import { startChildServer } from './child-server.mjs';
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
 const env = process.env;
-const int = (v, d, min = 1) => (v !== undefined && v !== '' && Number.isInteger(Number(v)) && Number(v) >= min ? Number(v) : d);
 const SECONDS = int(env.FIDELITY_SECONDS, 5);
 const SETTLE_MS = int(env.FIDELITY_SETTLE_MS, 1000, 0);
 const ROUNDS = int(env.FIDELITY_ROUNDS, 3);
@@ -67,15 +66,6 @@ const { work, track, stopChild, stopAll, stopping } = trackChildren({
   // Each scenario deletes its own keys; after a signal the one cut short has not.
   onSignal: () => cleanRedis(REDIS_URL, BASE_PREFIX),
 });
-
-function tail(file, lines = 15) {
-  try {
-    const text = readFileSync(file, 'utf8').trim();
-    return text ? `:\n${text.split('\n').slice(-lines).join('\n')}` : '';
-  } catch {
-    return '';
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The strict upstream (a child process, so its arrival clock is not delayed by the load).
@@ -123,27 +113,8 @@ ${s.onLimit ? `    onLimit: ${s.onLimit}\n` : ''}    limits:
 }
 
 let gatewaySeq = 0;
-async function startGateway(s, store) {
-  const name = `gw${++gatewaySeq}-${s.key}`;
-  const [port, adminPort] = await freePorts(2);
-  const dir = join(work, name);
-  mkdirSync(dir);
-  const configPath = join(dir, 'routes.yaml');
-  writeFileSync(configPath, gatewayYaml(s, dir, port, adminPort, store));
-  const errFile = join(dir, 'stderr');
-  // stdout is the request log (one JSON line per request): kept only with FIDELITY_KEEP_TMP=1.
-  const out = env.FIDELITY_KEEP_TMP === '1' ? openSync(join(dir, 'stdout'), 'w') : openSync('/dev/null', 'w');
-  const child = track(
-    spawn(process.execPath, [join(ROOT, 'dist/cli.js'), 'start', '--config', configPath, '--no-watch'], {
-      cwd: dir,
-      stdio: ['ignore', out, openSync(errFile, 'w')],
-      env: { PATH: env.PATH, NODE_ENV: 'production' },
-    }),
-    name,
-  );
-  child.errFile = errFile;
-  await waitReady(child, name, adminPort, () => tail(errFile));
-  return { child, name, url: `http://127.0.0.1:${port}`, errFile };
+function startGateway(s, store) {
+  return startGatewayChild({ work, track, name: `gw${++gatewaySeq}-${s.key}`, config: (dir, port, adminPort) => gatewayYaml(s, dir, port, adminPort, store) });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,7 +308,7 @@ async function runScenario(s, store) {
     await sleep(200); // the last responses' ends reach the upstream's record
     const { list, inFlightMax } = await arrivals();
     const dead = gateways.filter((g) => g.child.exitCode !== null);
-    if (dead.length) throw new Error(`${dead.map((g) => g.name).join(', ')} died during the run${tail(dead[0].errFile)}`);
+    if (dead.length) throw new Error(`${dead.map((g) => g.name).join(', ')} died during the run${dead[0].errTail()}`);
     return measure(s, store, list, inFlightMax, results, start, deadline);
   } finally {
     await Promise.all(gateways.map((g) => stopChild(g.child)));

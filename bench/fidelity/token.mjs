@@ -19,20 +19,18 @@
 // FIDELITY_KEEP_TMP=1 (keep configs and gateway logs), FIDELITY_TOKEN_VERBOSE=1 (print the
 // gateways' credential log lines), FIDELITY_TOKEN_JSON=FILE (run.mjs: the figures go to FILE and
 // the exit status is 0 whatever the verdict; alone, a FAIL exits 1).
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { trackChildren } from '../lib/children.mjs';
 import { f0, f1 } from '../lib/format.mjs';
-import { freePorts } from '../lib/ports.mjs';
 import { cleanRedis, redisAnswers } from '../lib/redis.mjs';
-import { waitReady } from '../lib/ready.mjs';
+import { startGatewayChild } from '../lib/gateway-child.mjs';
+import { int } from '../lib/settings.mjs';
 import { maxInWindow, median, percentile } from './checks.mjs';
 import { nowMs } from './load.mjs';
 import { startChildServer } from './child-server.mjs';
@@ -40,7 +38,6 @@ import { startChildServer } from './child-server.mjs';
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
 const env = process.env;
-const int = (v, d, min = 1) => (v !== undefined && v !== '' && Number.isInteger(Number(v)) && Number(v) >= min ? Number(v) : d);
 const REDIS_URL = env.FIDELITY_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const JSON_OUT = env.FIDELITY_TOKEN_JSON;
 const VERBOSE = env.FIDELITY_TOKEN_VERBOSE === '1';
@@ -158,38 +155,24 @@ upstreams:
 /** The gateways' log lines other than the request log (credentials, warnings), on our clock. */
 const gatewayLog = [];
 
-async function startGateway(i) {
+/** Its stdout's lines other than the request log (the credential lines) go to the report's log. */
+function startGateway(i) {
   const name = `gw${i + 1}`;
-  const [port, adminPort] = await freePorts(2);
-  const dir = join(work, name);
-  mkdirSync(dir);
-  const configPath = join(dir, 'routes.yaml');
-  writeFileSync(configPath, gatewayYaml(dir, port, adminPort));
-  const child = track(
-    spawn(process.execPath, [join(ROOT, 'dist/cli.js'), 'start', '--config', configPath, '--no-watch'], {
-      cwd: dir,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { PATH: env.PATH, NODE_ENV: 'production' },
-    }),
+  return startGatewayChild({
+    work,
+    track,
     name,
-  );
-  // stdout: the request log (one line per request, kept in the temp dir only with
-  // FIDELITY_KEEP_TMP=1) and the credential lines, which the report may show.
-  const keep = env.FIDELITY_KEEP_TMP === '1' ? createWriteStream(join(dir, 'stdout')) : undefined;
-  createInterface({ input: child.stdout }).on('line', (line) => {
-    keep?.write(`${line}\n`);
-    if (line.includes('"msg":"request"')) return;
-    try {
-      const o = JSON.parse(line);
-      gatewayLog.push({ at: o.time, gw: name, level: o.level, msg: o.msg, line: o });
-    } catch {
-      gatewayLog.push({ at: Date.now(), gw: name, level: 0, msg: line, line: {} });
-    }
+    config: (dir, port, adminPort) => gatewayYaml(dir, port, adminPort),
+    onLine: (line) => {
+      if (line.includes('"msg":"request"')) return;
+      try {
+        const o = JSON.parse(line);
+        gatewayLog.push({ at: o.time, gw: name, level: o.level, msg: o.msg, line: o });
+      } catch {
+        gatewayLog.push({ at: Date.now(), gw: name, level: 0, msg: line, line: {} });
+      }
+    },
   });
-  const errLines = [];
-  createInterface({ input: child.stderr }).on('line', (line) => errLines.push(line));
-  await waitReady(child, name, adminPort, () => `:\n${errLines.slice(-15).join('\n')}`);
-  return { child, name, url: `http://127.0.0.1:${port}`, errLines };
 }
 
 
@@ -274,7 +257,7 @@ async function run() {
     await sleep(300); // the last answers reach the record
     const dump = await rpc('dump');
     const dead = gateways.filter((g) => g.child.exitCode !== null);
-    if (dead.length) throw new Error(`${dead.map((g) => g.name).join(', ')} died during the run:\n${dead[0].errLines.slice(-15).join('\n')}`);
+    if (dead.length) throw new Error(`${dead.map((g) => g.name).join(', ')} died during the run${dead[0].errTail()}`);
     return { start, deadline, storms, records, dump };
   } finally {
     await Promise.all(gateways.map((g) => stopChild(g.child)));

@@ -11,3 +11,19 @@ export const ratio = (x) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '–');
 export function table(head, rows) {
   return [`| ${head.join(' | ')} |`, `| ${head.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
 }
+
+/** The overhead drivers' first figure columns (runCells adds proxy CPU and upstream CPU after them). */
+export const RUN_HEAD = ['req/s', 'p50 ms', 'p99 ms', 'added p50 ms', 'req/s vs direct'];
+
+/** A target's figures `m` beside the direct run's `d` (dashes where they compare the direct run with itself). */
+export function runCells(m, d, isDirect) {
+  return [
+    f0(m.rps),
+    f3(m.p50ms),
+    f3(m.p99ms),
+    isDirect ? '–' : f3(m.p50ms - d.p50ms),
+    isDirect ? '1.00x' : ratio(m.rps / d.rps),
+    isDirect ? '–' : f1(m.cpu),
+    f1(m.upCpu),
+  ];
+}

@@ -25,25 +25,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { trackChildren } from '../lib/children.mjs';
 import { CLK_TCK, coreTicks, cpuTicks } from '../lib/cpu.mjs';
-import { f0, f1, f3, ratio, table } from '../lib/format.mjs';
+import { f0, f1, f3, ratio, RUN_HEAD, runCells, table } from '../lib/format.mjs';
 import { freePorts } from '../lib/ports.mjs';
 import { firstLine, have, PIN, pinned, starter, stderrOf } from '../lib/spawn.mjs';
+import { overheadSettings } from '../lib/settings.mjs';
 import { summarise } from './profile-summary.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
 const env = process.env;
+const { SECONDS, ROUNDS, WARMUP, CONNS, LOAD_CPU, SERVER_CPU, TENANT, KEY } = overheadSettings(env);
 
-const int = (v, d, min = 1) => {
-  const n = Number(v);
-  return v !== undefined && v !== '' && Number.isInteger(n) && n >= min ? n : d;
-};
-const SECONDS = int(env.BENCH_SECONDS, 5);
-const ROUNDS = int(env.BENCH_ROUNDS, 3);
-const WARMUP = int(env.BENCH_WARMUP, 2, 0);
-const CONNS = (env.BENCH_CONNECTIONS ?? '1,50').split(',').map((s) => int(s.trim(), 0)).filter((n) => n > 0);
-const LOAD_CPU = env.BENCH_LOAD_CPU ?? '0';
-const SERVER_CPU = env.BENCH_SERVER_CPU ?? '1';
 const ONLY = env.BENCH_TARGETS ? new Set(env.BENCH_TARGETS.split(',').map((s) => s.trim())) : undefined;
 const PROFILE = env.BENCH_PROFILE === '1';
 /** Another build of the gateway to compare with in the same run (a checkout with dist/ built). */
@@ -53,8 +45,6 @@ const REDIS_URL = env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const REDIS_PREFIX = `sluice-bench-${process.pid}-${Date.now().toString(36)}`;
 // Targets that run only when BENCH_TARGETS names them.
 const OPT_IN = new Set(['sluice-quiet', 'sluice-limits', 'sluice-limits-redis']);
-const TENANT = 'bench';
-const KEY = 'bench-key-3f9c2a71d0e4';
 const AUTH_HEADER = `X-Sluice-Key: ${TENANT}:${KEY}`;
 const PATH = '/bench/rest';
 
@@ -408,22 +398,8 @@ async function main() {
     lines.push(`**Concurrency ${conns}**`, '');
     lines.push(
       table(
-        ['target', 'req/s', 'p50 ms', 'p99 ms', `added p50 ms`, 'req/s vs direct', 'proxy CPU µs/req', 'upstream CPU µs/req', 'errors'],
-        targets.map((t) => {
-          const m = M(t.key, conns);
-          const direct = t.key === 'direct';
-          return [
-            t.label,
-            f0(m.rps),
-            f3(m.p50ms),
-            f3(m.p99ms),
-            direct ? '–' : f3(m.p50ms - d.p50ms),
-            direct ? '1.00x' : ratio(m.rps / d.rps),
-            direct ? '–' : f1(m.cpu),
-            f1(m.upCpu),
-            String(m.errors),
-          ];
-        }),
+        ['target', ...RUN_HEAD, 'proxy CPU µs/req', 'upstream CPU µs/req', 'errors'],
+        targets.map((t) => [t.label, ...runCells(M(t.key, conns), d, t.key === 'direct'), String(M(t.key, conns).errors)]),
       ),
       '',
     );

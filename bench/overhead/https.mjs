@@ -35,33 +35,23 @@ import { fileURLToPath } from 'node:url';
 import { Agent, ProxyAgent, request } from 'undici';
 import { trackChildren } from '../lib/children.mjs';
 import { CLK_TCK, coreTicks, cpuTicks } from '../lib/cpu.mjs';
-import { f0, f1, f3, ratio, table } from '../lib/format.mjs';
+import { f0, f1, f3, RUN_HEAD, runCells, table } from '../lib/format.mjs';
 import { freePorts } from '../lib/ports.mjs';
 import { waitReady } from '../lib/ready.mjs';
 import { firstLine, have, PIN, starter, stderrOf } from '../lib/spawn.mjs';
+import { int, overheadSettings } from '../lib/settings.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
 const env = process.env;
+const { SECONDS, ROUNDS, WARMUP, CONNS, LOAD_CPU, SERVER_CPU, TENANT, KEY } = overheadSettings(env);
 
-const int = (v, d, min = 1) => {
-  const n = Number(v);
-  return v !== undefined && v !== '' && Number.isInteger(n) && n >= min ? n : d;
-};
-const SECONDS = int(env.BENCH_SECONDS, 5);
-const ROUNDS = int(env.BENCH_ROUNDS, 3);
-const WARMUP = int(env.BENCH_WARMUP, 2, 0);
-const CONNS = (env.BENCH_CONNECTIONS ?? '1,50').split(',').map((s) => int(s.trim(), 0)).filter((n) => n > 0);
 const TUNNELS = int(env.BENCH_TUNNELS, 50);
-const LOAD_CPU = env.BENCH_LOAD_CPU ?? '0';
-const SERVER_CPU = env.BENCH_SERVER_CPU ?? '1';
 /** Each timed run starts on a new client: this long untimed first, to open its connections. */
 const PREROLL_S = 1;
 /** A run gives up after this many failed requests (a dead gateway would otherwise spin until the deadline). */
 const MAX_ERRORS = 100;
 
-const TENANT = 'bench';
-const KEY = 'bench-key-3f9c2a71d0e4';
 const TOKEN = `Basic ${Buffer.from(`${TENANT}:${KEY}`).toString('base64')}`;
 const HOST = 'api.bench.test';
 const FRESH = 'fresh.bench.test';
@@ -408,22 +398,10 @@ async function main() {
     lines.push(`**Keep-alive, concurrency ${conns}**`, '');
     lines.push(
       table(
-        ['target', 'req/s', 'p50 ms', 'p99 ms', 'added p50 ms', 'req/s vs direct', 'gateway CPU µs/req', 'upstream CPU µs/req', `core ${SERVER_CPU} / load core busy`, 'errors'],
+        ['target', ...RUN_HEAD, 'gateway CPU µs/req', 'upstream CPU µs/req', `core ${SERVER_CPU} / load core busy`, 'errors'],
         targets.map((t) => {
           const m = M(t.key, conns);
-          const isDirect = t.key === 'direct';
-          return [
-            t.label,
-            f0(m.rps),
-            f3(m.p50ms),
-            f3(m.p99ms),
-            isDirect ? '–' : f3(m.p50ms - d.p50ms),
-            isDirect ? '1.00x' : ratio(m.rps / d.rps),
-            isDirect ? '–' : f1(m.cpu),
-            f1(m.upCpu),
-            `${f0(m.serverCore)}% / ${f0(m.loadCore)}%`,
-            String(m.errors),
-          ];
+          return [t.label, ...runCells(m, d, t.key === 'direct'), `${f0(m.serverCore)}% / ${f0(m.loadCore)}%`, String(m.errors)];
         }),
       ),
       '',
